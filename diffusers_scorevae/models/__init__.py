@@ -1,0 +1,3 @@
+from .encoder import ScoreVAEEncoder, ScoreVAEEncoderOutput
+
+__all__ = ["ScoreVAEEncoder", "ScoreVAEEncoderOutput"]

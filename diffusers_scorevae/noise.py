@@ -1,0 +1,185 @@
+"""Noise levels, prediction-type conversions and the ScoreVAE guidance term, in the quantities a diffusers
+scheduler and UNet expose. See MATH.md (§1-§4) for the derivations; this module imports nothing else of the
+package.
+
+Notation map (variable -> symbol in MATH.md / the paper):
+
+    alphas_cumprod  -> ᾱ_t                    (diffusers schedulers' training schedule)
+    alpha           -> α_t = √ᾱ_t             (signal scale of the VP-scaled model input)
+    sigma           -> σ_t = √(1 − ᾱ_t)       (noise scale of the VP-scaled model input)
+    log_snr         -> λ_t = log(ᾱ_t / (1 − ᾱ_t))
+    sample          -> x_t, the VP-scaled input the UNet sees (`scheduler.scale_model_input` output)
+    epsilon         -> ε̂, the noise prediction
+    score           -> ∇_{x_t} log q_φ(z | x_t, λ_t), the encoder's score
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
+
+
+def append_dims(x: torch.Tensor, target_ndim: int) -> torch.Tensor:
+    """Append trailing singleton dimensions to `x` until it has `target_ndim` dimensions."""
+    return x.reshape(*x.shape, *([1] * (target_ndim - x.ndim)))
+
+
+def log_snr_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
+    """λ = log(ᾱ / (1 − ᾱ)), computed as log ᾱ − log1p(−ᾱ) in float64 for accuracy near ᾱ → 1."""
+    alphas_cumprod = alphas_cumprod.double()
+    return torch.log(alphas_cumprod) - torch.log1p(-alphas_cumprod)
+
+
+def alpha_sigma_from_log_snr(log_snr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α, σ) of the VP process at log-SNR λ: α² = sigmoid(λ), σ² = sigmoid(−λ)."""
+    return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
+
+
+def _training_log_snr(scheduler) -> torch.Tensor:
+    alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
+    if alphas_cumprod is None:
+        raise ValueError(
+            f"scheduler {type(scheduler).__name__} has no `alphas_cumprod`: ScoreVAE needs a scheduler of a "
+            "variance-preserving (DDPM-family) training schedule, e.g. DDPMScheduler, DDIMScheduler, "
+            "DPMSolverMultistepScheduler or EulerDiscreteScheduler."
+        )
+    return log_snr_from_alphas_cumprod(torch.as_tensor(alphas_cumprod))
+
+
+def scheduler_log_snr(scheduler, timestep) -> torch.Tensor:
+    """λ_t of the noise level at `timestep` (the value the pipeline passes to the UNet), from `scheduler`.
+
+    Integer timesteps index the training schedule `scheduler.alphas_cumprod` exactly. Float timesteps (sigma-based
+    schedulers such as Euler, Heun, KDPM2, LMS) are interpolated linearly in λ = −2 log σ_ve, the inverse of the
+    log-sigma interpolation by which those schedulers map a noise level to a timestep. Returns a float64 tensor of
+    the shape of `timestep`.
+    """
+    table = _training_log_snr(scheduler)
+    t = torch.as_tensor(timestep, dtype=torch.float64).cpu()
+    if torch.any(t < 0) or torch.any(t > len(table) - 1):
+        raise ValueError(f"timestep {timestep} is outside the scheduler's training range [0, {len(table) - 1}].")
+    low = t.floor().long().clamp(max=len(table) - 1)
+    high = (low + 1).clamp(max=len(table) - 1)
+    w = t - low.double()
+    return (1 - w) * table[low] + w * table[high]
+
+
+def training_alpha_sigma(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α_t, σ_t) for integer training `timesteps` of `scheduler`, as float32 tensors on the timesteps' device."""
+    alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod).to(timesteps.device, torch.float64)[timesteps]
+    return alphas_cumprod.sqrt().float(), (1 - alphas_cumprod).sqrt().float()
+
+
+def _split_variance(model_output: torch.Tensor, sample: torch.Tensor):
+    # UNets trained with a learned variance (`variance_type="learned_range"`) return 2·C channels: the prediction,
+    # then the variance. Only the prediction is converted; the variance channels pass through.
+    if model_output.shape[1] == 2 * sample.shape[1]:
+        return model_output.split(sample.shape[1], dim=1)
+    return model_output, None
+
+
+def model_output_to_epsilon(
+    model_output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """Noise prediction ε̂ from a UNet output of `prediction_type` at x_t = `sample` (MATH §2).
+
+        epsilon:       ε̂ = out
+        v_prediction:  ε̂ = α · out + σ · x_t
+        sample:        ε̂ = (x_t − α · out) / σ
+
+    `alpha` and `sigma` are scalars or per-sample `[B]` tensors.
+    """
+    alpha, sigma = append_dims(torch.as_tensor(alpha), sample.ndim), append_dims(torch.as_tensor(sigma), sample.ndim)
+    if prediction_type == "epsilon":
+        return model_output
+    elif prediction_type == "v_prediction":
+        return alpha * model_output + sigma * sample
+    elif prediction_type == "sample":
+        return (sample - alpha * model_output) / sigma
+    raise ValueError(f"prediction_type {prediction_type!r} is not supported; choose one of {PREDICTION_TYPES}.")
+
+
+def epsilon_to_model_output(
+    epsilon: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The UNet output of `prediction_type` that corresponds to noise prediction `epsilon` at x_t = `sample`.
+
+        epsilon:       out = ε̂
+        v_prediction:  out = (ε̂ − σ · x_t) / α
+        sample:        out = x̂_0 = (x_t − σ · ε̂) / α
+    """
+    alpha, sigma = append_dims(torch.as_tensor(alpha), sample.ndim), append_dims(torch.as_tensor(sigma), sample.ndim)
+    if prediction_type == "epsilon":
+        return epsilon
+    elif prediction_type == "v_prediction":
+        return (epsilon - sigma * sample) / alpha
+    elif prediction_type == "sample":
+        return (sample - sigma * epsilon) / alpha
+    raise ValueError(f"prediction_type {prediction_type!r} is not supported; choose one of {PREDICTION_TYPES}.")
+
+
+def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, diag exp(logvar)) summed over the latent dimension: `[B, D]` -> `[B]` (MATH §4)."""
+    return -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(dim=-1)
+
+
+def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mean, diag exp(logvar)) ‖ N(0, I)) summed over the latent dimension: `[B, D]` -> `[B]`."""
+    return 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=-1)
+
+
+def encoder_score(encoder, sample: torch.Tensor, log_snr: torch.Tensor, latent_codes: torch.Tensor) -> torch.Tensor:
+    """∇_{x_t} log q_φ(z | x_t, λ_t) by autograd through the encoder only (MATH §4), exact density including the
+    log-variance term. `sample` is the VP-scaled model input `[B, C, H, W]`, `latent_codes` is z `[B, D]`.
+
+    Runs under a scoped `torch.enable_grad()` on a detached copy of `sample`, so it works inside `torch.no_grad()`
+    and builds no graph into anything else. Returns a tensor of `sample`'s shape and dtype.
+    """
+    with torch.enable_grad():
+        x = sample.detach().to(encoder.dtype).requires_grad_(True)
+        out = encoder(x, log_snr.to(x.device), return_dict=True)
+        log_q = gaussian_log_prob(latent_codes.to(out.mean.dtype), out.mean, out.logvar).sum()
+        (score,) = torch.autograd.grad(log_q, x)
+    return score.to(sample.dtype)
+
+
+def guided_model_output(
+    model_output: torch.Tensor,
+    sample: torch.Tensor,
+    score: torch.Tensor,
+    log_snr: torch.Tensor,
+    guidance_scale: float,
+    prediction_type: str,
+) -> torch.Tensor:
+    """Add the encoder term to a UNet output (MATH §3) and return it in the UNet's `prediction_type`:
+
+        ε̂_cond = ε̂ − γ · σ_t · ∇_{x_t} log q_φ(z | x_t, λ_t)
+
+    The conversion to ε̂ and back uses the same (α_t, σ_t), so only the guidance term changes the output.
+    """
+    alpha, sigma = alpha_sigma_from_log_snr(torch.as_tensor(log_snr, dtype=torch.float64))
+    alpha, sigma = alpha.to(sample.device, torch.float32), sigma.to(sample.device, torch.float32)
+    prediction, variance = _split_variance(model_output, sample)
+    dtype = prediction.dtype
+    prediction, x = prediction.float(), sample.float()
+    epsilon = model_output_to_epsilon(prediction, x, alpha, sigma, prediction_type)
+    epsilon = epsilon - guidance_scale * append_dims(sigma, x.ndim) * score.float()
+    prediction = epsilon_to_model_output(epsilon, x, alpha, sigma, prediction_type).to(dtype)
+    return prediction if variance is None else torch.cat([prediction, variance], dim=1)
+
+
+def continuous_noise_rate(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
+    """g(t)² of the continuous VP process at s = t/T for a diffusers training schedule (MATH §5).
+
+    For VP, g(s)² = β(s) = −d log ᾱ / ds; with a discrete schedule of T steps, −d log ᾱ / ds ≈ T · (log ᾱ_{t−1} −
+    log ᾱ_t) = −T · log(1 − β_t) ≈ T · β_t. The log form is exact for any `beta_schedule` (including
+    `squaredcos_cap_v2`, whose late betas are large).
+    """
+    alphas_cumprod = torch.as_tensor(scheduler.alphas_cumprod, dtype=torch.float64)
+    num_train_timesteps = len(alphas_cumprod)
+    prev = torch.cat([torch.ones(1, dtype=torch.float64), alphas_cumprod[:-1]])
+    rate = num_train_timesteps * (torch.log(prev) - torch.log(alphas_cumprod))
+    return rate.to(timesteps.device)[timesteps].float()

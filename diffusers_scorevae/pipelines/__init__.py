@@ -1,0 +1,3 @@
+from .pipeline_scorevae import ScoreVAEPipeline, ScoreVAEPipelineOutput
+
+__all__ = ["ScoreVAEPipeline", "ScoreVAEPipelineOutput"]

@@ -1,0 +1,435 @@
+"""ScoreVAEPipeline: encode images to latent codes with a ScoreVAE encoder, and decode codes by sampling a frozen
+unconditional diffusion prior with the encoder's score added at every scheduler step (MATH.md §3)."""
+
+from __future__ import annotations
+
+import inspect
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DiffusionPipeline, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput, replace_example_docstring
+from diffusers.utils.torch_utils import randn_tensor
+
+from ..models.encoder import ScoreVAEEncoder
+from ..noise import encoder_score, guided_model_output, scheduler_log_snr
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+_PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+EXAMPLE_DOC_STRING = """
+    Examples:
+        ```py
+        >>> import torch
+        >>> from diffusers import DDIMScheduler, UNet2DModel
+        >>> from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
+
+        >>> # any unconditional UNet2DModel (e.g. UNet2DModel.from_pretrained("google/ddpm-cifar10-32", subfolder="unet"))
+        >>> unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
+        ...                    norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
+        ...                    up_block_types=("UpBlock2D", "UpBlock2D"))
+        >>> encoder = ScoreVAEEncoder(sample_size=8, in_channels=3, latent_dim=16)
+        >>> pipe = ScoreVAEPipeline(unet=unet, scheduler=DDIMScheduler(), encoder=encoder)
+
+        >>> images = torch.rand(2, 3, 8, 8)  # [B, C, H, W] in [0, 1]; PIL images and numpy arrays work too
+        >>> codes = pipe.encode(images)  # [2, 16]
+        >>> out = pipe(latent_codes=codes, num_inference_steps=10, generator=torch.manual_seed(0), output_type="pt")
+        >>> out.images.shape
+        torch.Size([2, 3, 8, 8])
+        ```
+"""
+
+
+@dataclass
+class ScoreVAEPipelineOutput(BaseOutput):
+    """
+    Output of [`ScoreVAEPipeline`].
+
+    Args:
+        images (`List[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`):
+            The decoded images: PIL images, a numpy array `(batch_size, height, width, num_channels)` or a tensor
+            `(batch_size, num_channels, height, width)` in [0, 1], or for `output_type="latent"` the final sample in
+            model space ([-1, 1] scale).
+        latent_codes (`torch.Tensor` of shape `(batch_size, latent_dim)` or `None`):
+            The latent codes z that were decoded (the encoder means of the input images, the given codes, or codes
+            drawn from N(0, I)). `None` when `guidance_scale=0` and no image or codes were given: then no code is
+            drawn and the pipeline is the unconditional sampler.
+    """
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    latent_codes: torch.Tensor | None
+
+
+class ScoreVAEPipeline(DiffusionPipeline):
+    r"""
+    Pipeline for ScoreVAE (arXiv 2304.12141): a VAE whose decoder is a frozen, pretrained, unconditional diffusion model.
+
+    Decoding a latent code z samples the prior's reverse process with Bayes' rule for scores,
+    ∇ log p(x_t | z) = ∇ log p(x_t) + ∇ log q_φ(z | x_t): at every scheduler step the UNet's noise prediction is shifted
+    by the encoder's score, ε̂_cond = ε̂ − γ · σ_t · ∇_{x_t} log q_φ(z | x_t, λ_t), converted back to the UNet's
+    `prediction_type` and handed to `scheduler.step` unchanged, so every diffusers scheduler decodes the same way.
+
+    This model inherits from [`DiffusionPipeline`]. Check the superclass documentation for the generic methods
+    implemented for all pipelines (downloading, saving, running on a particular device, etc.).
+
+    Parameters:
+        unet ([`UNet2DModel`]):
+            A pretrained unconditional UNet (the prior). Frozen: the pipeline sets `requires_grad_(False)` on it.
+        scheduler ([`SchedulerMixin`]):
+            Any diffusers scheduler with a variance-preserving training schedule (`alphas_cumprod`): DDPM, DDIM, PNDM,
+            DPM-Solver (multistep/singlestep), UniPC, DEIS, Euler, Euler ancestral, Heun, KDPM2, LMS, ...
+        encoder ([`ScoreVAEEncoder`]):
+            The ScoreVAE encoder q_φ(z | x_t, λ), trained against a prior over the same data (not necessarily this one).
+    """
+
+    model_cpu_offload_seq = "encoder->unet"
+    _callback_tensor_inputs = ["latents", "latent_codes"]
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, encoder: ScoreVAEEncoder):
+        super().__init__()
+        check_encoder_matches_unet(encoder, unet)
+        unet.requires_grad_(False)
+        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
+
+    @property
+    def guidance_scale(self) -> float:
+        return self._guidance_scale
+
+    @property
+    def num_timesteps(self) -> int:
+        return self._num_timesteps
+
+    @property
+    def interrupt(self) -> bool:
+        return self._interrupt
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the UNet models."""
+        size = self.unet.config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        return (self.unet.config.in_channels, height, width)
+
+    def preprocess(self, image) -> torch.Tensor:
+        """Turn `image` into a float tensor `(batch_size, C, H, W)` in model space [-1, 1] on the execution device.
+
+        Accepts a PIL image (any mode; converted to the UNet's channel count) or a list of them, a numpy array
+        `(H, W, C)` / `(B, H, W, C)` (float in [0, 1], or uint8 in [0, 255]), a tensor `(C, H, W)` / `(B, C, H, W)` in
+        [0, 1], or a list of arrays/tensors. Nothing is resized or clipped: a wrong size, channel count, range or a
+        non-finite value is a `ValueError`.
+        """
+        channels, height, width = self.image_shape
+        if isinstance(image, (list, tuple)):
+            if len(image) == 0:
+                raise ValueError("image is an empty list; pass at least one image.")
+            return torch.cat([self.preprocess(item) for item in image])
+        if isinstance(image, PIL.Image.Image):
+            if channels not in _PIL_MODES:
+                raise ValueError(f"PIL images can be converted to 1, 3 or 4 channels, but the UNet has {channels}.")
+            if image.size != (width, height):
+                raise ValueError(
+                    f"image has size {image.size[0]}x{image.size[1]} (width x height); the UNet models "
+                    f"{width}x{height} images. Resize it first (nothing is resized silently)."
+                )
+            array = np.asarray(image.convert(_PIL_MODES[channels]), dtype=np.float32) / 255.0
+            tensor = torch.from_numpy(array.reshape(height, width, channels)).permute(2, 0, 1)[None]
+        elif isinstance(image, np.ndarray):
+            array = image.astype(np.float32) / 255.0 if image.dtype == np.uint8 else image
+            if array.ndim == 3:
+                array = array[None]
+            if array.ndim != 4:
+                raise ValueError(f"image is a numpy array of shape {image.shape}; expected (H, W, C) or (B, H, W, C).")
+            tensor = torch.from_numpy(np.ascontiguousarray(array)).permute(0, 3, 1, 2)
+        elif isinstance(image, torch.Tensor):
+            tensor = image[None] if image.ndim == 3 else image
+            if tensor.ndim != 4:
+                raise ValueError(
+                    f"image is a tensor of shape {tuple(image.shape)}; expected (C, H, W) or (B, C, H, W)."
+                )
+        else:
+            raise TypeError(
+                f"image has type {type(image).__name__}; expected a PIL image, a numpy array, a torch tensor or a "
+                "list of them."
+            )
+        if tuple(tensor.shape[1:]) != (channels, height, width):
+            raise ValueError(
+                f"image has (channels, height, width) = {tuple(tensor.shape[1:])}; the UNet models "
+                f"{(channels, height, width)}. Nothing is resized or converted silently."
+            )
+        tensor = tensor.float()
+        if not torch.isfinite(tensor).all():
+            raise ValueError("image contains NaN or infinite values.")
+        low, high = tensor.min().item(), tensor.max().item()
+        if low < 0 or high > 1:
+            raise ValueError(f"image values span [{low:.4g}, {high:.4g}]; expected images in [0, 1].")
+        return (tensor * 2 - 1).to(self._execution_device)
+
+    @torch.no_grad()
+    def encode(
+        self,
+        image,
+        sample_posterior: bool = False,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+    ) -> torch.Tensor:
+        r"""
+        Encode images to latent codes with q_φ(z | x_0) at the encoder's clean noise level (`clean_log_snr`).
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                Images in [0, 1] (see [`~ScoreVAEPipeline.preprocess`]).
+            sample_posterior (`bool`, *optional*, defaults to `False`):
+                Return a sample z ~ q_φ(z | x_0) instead of its mean.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                Randomness for `sample_posterior=True`; a list means one generator per image.
+
+        Returns:
+            `torch.Tensor`: latent codes of shape `(batch_size, latent_dim)`.
+        """
+        sample = self.preprocess(image).to(self.encoder.dtype)
+        posterior = self.encoder(sample, self.encoder.config.clean_log_snr)
+        if not sample_posterior:
+            return posterior.mean
+        self._check_generator(generator, sample.shape[0])
+        noise = randn_tensor(posterior.mean.shape, generator=generator, device=sample.device, dtype=sample.dtype)
+        return posterior.mean + torch.exp(0.5 * posterior.logvar) * noise
+
+    def prepare_latent_codes(self, latent_codes) -> torch.Tensor:
+        """Validate `latent_codes` (`(B, latent_dim)`, or a list of `(1, latent_dim)` / `(latent_dim,)` tensors)."""
+        latent_dim = self.encoder.config.latent_dim
+        if isinstance(latent_codes, (list, tuple)):
+            if len(latent_codes) == 0 or not all(isinstance(z, torch.Tensor) for z in latent_codes):
+                raise ValueError("latent_codes as a list must hold one or more torch tensors.")
+            latent_codes = torch.cat([z.reshape(1, -1) if z.ndim == 1 else z for z in latent_codes])
+        if not isinstance(latent_codes, torch.Tensor):
+            raise TypeError(f"latent_codes has type {type(latent_codes).__name__}; expected a torch.Tensor.")
+        if latent_codes.ndim != 2 or latent_codes.shape[1] != latent_dim:
+            raise ValueError(
+                f"latent_codes has shape {tuple(latent_codes.shape)}; expected (batch_size, {latent_dim}) for this "
+                f"encoder's latent_dim={latent_dim}."
+            )
+        if not torch.isfinite(latent_codes).all():
+            raise ValueError("latent_codes contains NaN or infinite values.")
+        return latent_codes.to(self._execution_device, self.encoder.dtype)
+
+    def prepare_extra_step_kwargs(self, generator) -> dict:
+        # not all schedulers' `step` take a generator (DDIM, DDPM, Euler ancestral, ... do; PNDM, LMS, ... do not)
+        accepts_generator = "generator" in set(inspect.signature(self.scheduler.step).parameters.keys())
+        return {"generator": generator} if accepts_generator else {}
+
+    def check_inputs(
+        self,
+        image,
+        latent_codes,
+        batch_size,
+        num_inference_steps,
+        guidance_scale,
+        output_type,
+        callback_on_step_end_tensor_inputs,
+    ):
+        if image is not None and latent_codes is not None:
+            raise ValueError(
+                "Pass either `image` (to reconstruct) or `latent_codes` (to decode), not both; with neither, codes are "
+                "drawn from N(0, I)."
+            )
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
+            raise ValueError(
+                f"guidance_scale must be a finite number >= 0 (0 = unconditional, 1 = the ScoreVAE model), got "
+                f"{guidance_scale!r}."
+            )
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type {output_type!r} is not supported; choose one of {OUTPUT_TYPES}.")
+        if callback_on_step_end_tensor_inputs is not None and not all(
+            k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
+        ):
+            raise ValueError(
+                f"callback_on_step_end_tensor_inputs must be a subset of {self._callback_tensor_inputs}, got "
+                f"{callback_on_step_end_tensor_inputs}."
+            )
+
+    @staticmethod
+    def _check_generator(generator, batch_size: int):
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"generator is a list of {len(generator)} generators, but the batch size is {batch_size}: pass one "
+                "generator, or one per image."
+            )
+
+    def prepare_latents(self, batch_size, dtype, device, generator, latents=None) -> torch.Tensor:
+        """The initial noise x_T ~ N(0, I) (or `latents`), scaled by the scheduler's `init_noise_sigma`."""
+        shape = (batch_size, *self.image_shape)
+        if latents is None:
+            latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
+        else:
+            if not isinstance(latents, torch.Tensor) or tuple(latents.shape) != shape:
+                got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+                raise ValueError(f"latents has shape {got}; expected {shape} (batch_size, channels, height, width).")
+            if not torch.isfinite(latents).all():
+                raise ValueError("latents contains NaN or infinite values.")
+            latents = latents.to(device=device, dtype=dtype)
+        return latents * self.scheduler.init_noise_sigma
+
+    def guide(self, model_output, model_input, timestep, latent_codes) -> torch.Tensor:
+        """Add the encoder's score to a UNet output: ε̂ − γ σ_t ∇_{x_t} log q_φ(z | x_t, λ_t), in the scheduler's
+        `prediction_type` (MATH.md §3). `model_input` is the VP-scaled sample the UNet saw."""
+        log_snr = scheduler_log_snr(self.scheduler, timestep)
+        score = encoder_score(self.encoder, model_input, log_snr.float(), latent_codes)
+        prediction_type = getattr(self.scheduler.config, "prediction_type", "epsilon")
+        return guided_model_output(model_output, model_input, score, log_snr, self.guidance_scale, prediction_type)
+
+    def postprocess(self, sample: torch.Tensor, output_type: str):
+        if output_type == "latent":
+            return sample
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type == "pt":
+            return image
+        image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        return self.numpy_to_pil(image) if output_type == "pil" else image
+
+    @torch.no_grad()
+    @replace_example_docstring(EXAMPLE_DOC_STRING)
+    def __call__(
+        self,
+        image=None,
+        latent_codes: torch.Tensor | list[torch.Tensor] | None = None,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
+        callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+    ) -> ScoreVAEPipelineOutput | tuple:
+        r"""
+        Reconstruct images (`image`), decode latent codes (`latent_codes`), or sample the ScoreVAE generative model
+        (neither: z ~ N(0, I)).
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
+                Images in [0, 1] to reconstruct: encoded to the mean code, then decoded. PIL images of any mode are
+                converted to the UNet's channel count; sizes must match the UNet's `sample_size`.
+            latent_codes (`torch.Tensor` of shape `(batch_size, latent_dim)` or a list of tensors, *optional*):
+                Codes to decode. A list of `(1, latent_dim)` or `(latent_dim,)` tensors is concatenated.
+            batch_size (`int`, *optional*, defaults to 1):
+                Number of images to sample when neither `image` nor `latent_codes` is given.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                Number of scheduler steps.
+            guidance_scale (`float`, *optional*, defaults to 1.0):
+                γ, the weight of the encoder's score. 1 is the ScoreVAE model; larger values act as an inverse
+                temperature on q_φ(z | x_t) (as in classifier guidance); 0 is the unconditional sampler, bit for bit.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                Makes decoding deterministic; a list means one generator per image. It draws the initial noise, then
+                the codes when none are given, and is passed on to `scheduler.step`.
+            latents (`torch.Tensor` of shape `(batch_size, C, H, W)`, *optional*):
+                Initial noise x_T ~ N(0, I) (scaled by `scheduler.init_noise_sigma` inside, as diffusers does).
+            output_type (`str`, *optional*, defaults to `"pil"`):
+                `"pil"`, `"np"`, `"pt"` (images in [0, 1]) or `"latent"` (the final sample in model space).
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Whether to return a [`ScoreVAEPipelineOutput`] instead of a tuple `(images, latent_codes)`.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
+                Called after each step as `callback_on_step_end(pipe, step, timestep, callback_kwargs)`; it may return
+                replacements for the tensors in `callback_kwargs`.
+            callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
+                Tensors passed to the callback, from `._callback_tensor_inputs` (`"latents"`, `"latent_codes"`).
+
+        Examples:
+
+        Returns:
+            [`ScoreVAEPipelineOutput`] or `tuple`: the images and the latent codes that were decoded.
+        """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+
+        # 1. check inputs
+        self.check_inputs(
+            image,
+            latent_codes,
+            batch_size,
+            num_inference_steps,
+            guidance_scale,
+            output_type,
+            callback_on_step_end_tensor_inputs,
+        )
+        check_encoder_matches_unet(self.encoder, self.unet)
+        self._guidance_scale = guidance_scale
+        self._interrupt = False
+        device = self._execution_device
+
+        # 2. encode the images, or take the given codes
+        if image is not None:
+            latent_codes = self.encode(image)
+        elif latent_codes is not None:
+            latent_codes = self.prepare_latent_codes(latent_codes)
+        if latent_codes is not None:
+            if batch_size not in (1, latent_codes.shape[0]):
+                raise ValueError(
+                    f"batch_size={batch_size} but {latent_codes.shape[0]} images/codes were given; leave batch_size "
+                    "at 1 or make it match."
+                )
+            batch_size = latent_codes.shape[0]
+        self._check_generator(generator, batch_size)
+
+        # 3. prepare the initial noise, then (with no image or codes) draw the codes z ~ N(0, I)
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
+        if latent_codes is None and guidance_scale > 0:
+            latent_shape = (batch_size, self.encoder.config.latent_dim)
+            latent_codes = randn_tensor(latent_shape, generator=generator, device=device, dtype=self.encoder.dtype)
+
+        # 4. set the timesteps
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        self._num_timesteps = len(timesteps)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 5. denoising loop: UNet, encoder term, scheduler step
+        for i, t in enumerate(self.progress_bar(timesteps)):
+            if self.interrupt:
+                continue
+            model_input = self.scheduler.scale_model_input(latents, t)
+            model_output = self.unet(model_input, t).sample
+            if guidance_scale > 0:
+                model_output = self.guide(model_output, model_input, t, latent_codes)
+            latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
+
+            if callback_on_step_end is not None:
+                callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
+                latents = callback_outputs.pop("latents", latents)
+                latent_codes = callback_outputs.pop("latent_codes", latent_codes)
+
+        # 6. post-process
+        images = self.postprocess(latents, output_type)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (images, latent_codes)
+        return ScoreVAEPipelineOutput(images=images, latent_codes=latent_codes)
+
+
+def check_encoder_matches_unet(encoder: ScoreVAEEncoder, unet: UNet2DModel):
+    """Raise a `ValueError` unless `encoder` models images of the UNet's channel count and size."""
+    if encoder is None or unet is None:
+        raise ValueError("ScoreVAEPipeline needs both a `unet` and an `encoder`; got None.")
+
+    def hw(size):
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    encoder_shape = (encoder.config.in_channels, *hw(encoder.config.sample_size))
+    unet_shape = (unet.config.in_channels, *hw(unet.config.sample_size))
+    if encoder_shape != unet_shape:
+        raise ValueError(
+            f"encoder models images of (channels, height, width) = {encoder_shape} but the unet models {unet_shape}; "
+            "use an encoder trained for this UNet's image size and channels."
+        )
+
