@@ -1,0 +1,182 @@
+"""The ScoreVAE encoder objective (MATH.md §5): denoising score matching of the conditional score
+∇ log p(x_t | z) ≈ s_θ(x_t, t) + ∇_{x_t} log q_φ(z | x_t, λ_t), with the prior s_θ frozen, plus β · KL."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .noise import (
+    append_dims,
+    continuous_noise_rate,
+    gaussian_log_prob,
+    kl_to_standard_normal,
+    log_snr_from_alphas_cumprod,
+    model_output_to_epsilon,
+    training_alpha_sigma,
+)
+
+LOSS_WEIGHTINGS = ("simple", "likelihood")
+
+
+@dataclass
+class ScoreVAELossOutput(BaseOutput):
+    """
+    Output of [`scorevae_loss`].
+
+    Args:
+        loss (`torch.Tensor`, scalar):
+            The objective to minimise: mean over the batch of `score_loss + beta * kl` (importance-weighted when a
+            `timestep_distribution` is given).
+        score_loss (`torch.Tensor`, scalar):
+            Batch mean of ½ · w(t) · ‖ε̂ − σ_t ∇ log q − ε‖² (summed over pixels), in nats per image.
+        kl (`torch.Tensor`, scalar):
+            Batch mean of KL(q_φ(z | x_0) ‖ N(0, I)) (summed over latent dimensions), in nats per image.
+        prior_loss (`torch.Tensor`, scalar):
+            The same weighted denoising loss of the prior alone (no encoder term) on the same draws, for logging:
+            `prior_loss − score_loss` is how much the encoder explains.
+        timesteps (`torch.Tensor` of shape `(batch_size,)`):
+            The training timesteps drawn.
+    """
+
+    loss: torch.Tensor
+    score_loss: torch.Tensor
+    kl: torch.Tensor
+    prior_loss: torch.Tensor
+    timesteps: torch.Tensor
+
+
+def loss_weight(noise_scheduler, timesteps: torch.Tensor, loss_weighting: str) -> torch.Tensor:
+    """w(t) of MATH.md §5: 1 for "simple" (λ(t) = σ_t²), g(t)²/σ_t² for "likelihood" (the ELBO weighting)."""
+    if loss_weighting == "simple":
+        return torch.ones(timesteps.shape, device=timesteps.device)
+    if loss_weighting == "likelihood":
+        _, sigma = training_alpha_sigma(noise_scheduler, timesteps)
+        return continuous_noise_rate(noise_scheduler, timesteps) / sigma**2
+    raise ValueError(f"loss_weighting {loss_weighting!r} is not supported; choose one of {LOSS_WEIGHTINGS}.")
+
+
+def _unwrap(module):
+    # accelerate / DDP wrap the encoder; its config lives on the inner module
+    return getattr(module, "module", module)
+
+
+def scorevae_loss(
+    encoder,
+    unet,
+    noise_scheduler,
+    clean_images: torch.Tensor,
+    beta: float = 0.01,
+    loss_weighting: str = "simple",
+    generator: torch.Generator | None = None,
+    timestep_distribution: torch.Tensor | None = None,
+) -> ScoreVAELossOutput:
+    r"""
+    The ScoreVAE training objective for one batch (MATH.md §5). Only the encoder receives gradients.
+
+        z      = μ_φ(x_0, λ_clean) + exp(ℓ_φ(x_0, λ_clean)/2) · ξ          (reparameterised)
+        t ~ U{0..T−1},  ε ~ N(0, I),  x_t = α_t x_0 + σ_t ε
+        g      = ∇_{x_t} log q_φ(z | x_t, λ_t)                          (create_graph=True: double backward)
+        ε̂      = UNet(x_t, t) under no_grad, as a noise prediction
+        L      = mean_batch[ ½ w(t) ‖ε̂ − σ_t g − ε‖² + β · KL(q_φ(z | x_0) ‖ N(0, I)) ]
+
+    The encoder runs once on the concatenation [x_0; x_t] (one forward, so DistributedDataParallel sees one call).
+
+    Args:
+        encoder ([`ScoreVAEEncoder`], possibly wrapped by accelerate/DDP):
+            The encoder being trained.
+        unet ([`UNet2DModel`]):
+            The frozen prior. It runs under `torch.no_grad()` and never enters the autograd graph; it may be half
+            precision.
+        noise_scheduler ([`SchedulerMixin`]):
+            The prior's training scheduler (its `alphas_cumprod` and `config.prediction_type` are used).
+        clean_images (`torch.Tensor` of shape `(batch_size, C, H, W)`):
+            Training images in model space, [-1, 1].
+        beta (`float`, *optional*, defaults to 0.01):
+            Weight of the KL term (the paper's β; sums over pixels and latent dims keep its meaning).
+        loss_weighting (`str`, *optional*, defaults to `"simple"`):
+            `"simple"` (w = 1) or `"likelihood"` (w = g(t)²/σ_t²).
+        generator (`torch.Generator`, *optional*):
+            Source of all randomness (ξ, t, ε); makes the loss deterministic.
+        timestep_distribution (`torch.Tensor` of shape `(num_train_timesteps,)`, *optional*):
+            Draw t with these probabilities instead of uniformly; each term is weighted by 1 / (T · p(t)), so the
+            objective's expectation is unchanged (importance sampling).
+
+    Returns:
+        [`ScoreVAELossOutput`]: `.loss` to backpropagate, plus its parts for logging.
+    """
+    if clean_images.ndim != 4:
+        raise ValueError(f"clean_images has shape {tuple(clean_images.shape)}; expected (batch_size, C, H, W).")
+    if beta < 0:
+        raise ValueError(f"beta must be >= 0, got {beta}.")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting {loss_weighting!r} is not supported; choose one of {LOSS_WEIGHTINGS}.")
+    config = _unwrap(encoder).config
+    device = clean_images.device
+    batch_size = clean_images.shape[0]
+    num_train_timesteps = len(noise_scheduler.alphas_cumprod)
+    clean_images = clean_images.float()
+
+    # 1. draw the timesteps and the noise (all randomness from `generator`)
+    rng_device = generator.device if generator is not None else device
+    if timestep_distribution is None:
+        timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=rng_device)
+        importance = torch.ones(batch_size, device=device)
+    else:
+        probs = torch.as_tensor(timestep_distribution, dtype=torch.float64)
+        if probs.shape != (num_train_timesteps,) or (probs < 0).any() or probs.sum() <= 0:
+            raise ValueError(
+                f"timestep_distribution must be non-negative weights of shape ({num_train_timesteps},), got shape "
+                f"{tuple(probs.shape)}."
+            )
+        probs = probs / probs.sum()
+        timesteps = torch.multinomial(probs.to(rng_device), batch_size, replacement=True, generator=generator)
+        importance = (1.0 / (num_train_timesteps * probs[timesteps.cpu()])).float().to(device)
+    timesteps = timesteps.to(device)
+    latent_noise = randn_tensor((batch_size, config.latent_dim), generator=generator, device=device)
+    noise = randn_tensor(clean_images.shape, generator=generator, device=device)
+    alpha, sigma = training_alpha_sigma(noise_scheduler, timesteps)
+    alpha, sigma = append_dims(alpha, clean_images.ndim), append_dims(sigma, clean_images.ndim)
+    noisy_images = alpha * clean_images + sigma * noise
+
+    # 2. the prior's noise prediction, frozen
+    with torch.no_grad():
+        model_output = unet(noisy_images.to(unet.dtype), timesteps).sample.float()
+        prediction_type = getattr(noise_scheduler.config, "prediction_type", "epsilon")
+        epsilon = model_output_to_epsilon(
+            model_output[:, : clean_images.shape[1]], noisy_images, alpha, sigma, prediction_type
+        )
+
+    # 3. one encoder forward on [x_0; x_t]: the posterior at the clean level and q(z | x_t, λ_t)
+    alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod).to(device)
+    log_snr = torch.cat(
+        [
+            torch.full((batch_size,), float(config.clean_log_snr), device=device),
+            log_snr_from_alphas_cumprod(alphas_cumprod[timesteps]).float(),
+        ]
+    )
+    noisy_input = noisy_images.detach().requires_grad_(True)
+    mean, logvar = encoder(torch.cat([clean_images, noisy_input]), log_snr, return_dict=False)
+    mean, logvar = mean.float(), logvar.float()
+    clean_mean, clean_logvar = mean[:batch_size], logvar[:batch_size]
+    z = clean_mean + torch.exp(0.5 * clean_logvar) * latent_noise
+    log_q = gaussian_log_prob(z, mean[batch_size:], logvar[batch_size:])
+    (score,) = torch.autograd.grad(log_q.sum(), noisy_input, create_graph=True)
+
+    # 4. weighted score matching + β KL
+    weight = loss_weight(noise_scheduler, timesteps, loss_weighting) * importance
+    residual = epsilon - sigma * score - noise
+    score_loss = 0.5 * weight * residual.pow(2).flatten(1).sum(dim=1)
+    prior_loss = 0.5 * weight * (epsilon - noise).pow(2).flatten(1).sum(dim=1)
+    kl = kl_to_standard_normal(clean_mean, clean_logvar)
+    loss = (score_loss + beta * kl).mean()
+    return ScoreVAELossOutput(
+        loss=loss,
+        score_loss=score_loss.mean().detach(),
+        kl=kl.mean().detach(),
+        prior_loss=prior_loss.mean().detach(),
+        timesteps=timesteps,
+    )
