@@ -79,7 +79,12 @@ def parse_args(input_args=None):
     parser.add_argument("--encoder_layers_per_block", type=int, default=1)
     parser.add_argument("--encoder_norm_num_groups", type=int, default=8)
     parser.add_argument("--clean_log_snr", type=float, default=10.0, help="λ at which clean images are encoded.")
-    parser.add_argument("--init_encoder", type=str, default=None, help="Start from this saved ScoreVAEEncoder.")
+    parser.add_argument(
+        "--init_encoder",
+        type=str,
+        default=None,
+        help="Start from this saved ScoreVAEEncoder, or the encoder of a saved BetaVAE (same architecture).",
+    )
     # objective
     parser.add_argument("--beta", type=float, default=0.01, help="KL weight (sums over pixels and latent dims).")
     parser.add_argument("--beta_warmup_steps", type=int, default=0, help="Ramp beta linearly from 0 over N steps.")
@@ -243,6 +248,19 @@ def load_prior(args):
     return unet, scheduler
 
 
+def load_init_encoder(path: str, record: dict) -> ScoreVAEEncoder:
+    """A saved ScoreVAEEncoder, or the encoder of a saved BetaVAE (same architecture), to start training from."""
+    config = ScoreVAEEncoder.load_config(path)
+    if config.get("_class_name") == "BetaVAE":
+        from diffusers_scorevae.models.beta_vae import BetaVAE
+
+        inner = BetaVAE.from_pretrained(path).encoder
+        encoder = ScoreVAEEncoder.from_config({**inner.config, "prior": record})
+        encoder.load_state_dict(inner.state_dict())
+        return encoder
+    return ScoreVAEEncoder.from_pretrained(path, prior=record)
+
+
 def prior_record(args, unet, scheduler) -> dict:
     """What the encoder's config records about its prior (see ScoreVAEEncoder's `prior`)."""
     return {
@@ -375,7 +393,7 @@ def main(args):
     # argument had taken its default)
     record = prior_record(args, unet, noise_scheduler)
     if args.init_encoder is not None:
-        encoder = ScoreVAEEncoder.from_pretrained(args.init_encoder, prior=record)
+        encoder = load_init_encoder(args.init_encoder, record)
     else:
         encoder = ScoreVAEEncoder(
             sample_size=unet.config.sample_size,

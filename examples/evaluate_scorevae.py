@@ -1,0 +1,112 @@
+#!/usr/bin/env python
+"""Evaluate ScoreVAE reconstructions on the Fashion-MNIST test set, for several samplers and guidance scales, next to
+the β-VAE baseline: L2 (the paper's table), PSNR, SSIM, sharpness (variance of the Laplacian) and class_kept.
+
+    python examples/evaluate_scorevae.py --pipelines runs/scorevae --beta_vae runs/beta-vae \
+        --classifier runs/classifier --num_images 1000 --settings ddim:50:1 ddim:50:4 ddpm:1000:1 --output results.json
+
+A setting is `scheduler:steps:guidance_scale[:clip|noclip]` with scheduler one of ddpm, ddim, dpm (DPM-Solver++),
+euler; `clip`/`noclip` set the scheduler's `clip_sample` explicitly (otherwise the saved config is used as is).
+`--prior FOLDER` decodes every pipeline's encoder with another prior (unet/ + scheduler/) instead of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import diffusers
+import torch
+from diffusers import UNet2DModel
+
+from diffusers_scorevae import ScoreVAEPipeline
+from diffusers_scorevae.data import FASHION_MNIST_DIR, load_fashion_mnist
+from diffusers_scorevae.evaluation import beta_vae_reconstruct, reconstruction_metrics, scorevae_reconstruct
+
+SCHEDULERS = {
+    "ddpm": diffusers.DDPMScheduler,
+    "ddim": diffusers.DDIMScheduler,
+    "dpm": diffusers.DPMSolverMultistepScheduler,
+    "euler": diffusers.EulerDiscreteScheduler,
+}
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pipelines", nargs="+", required=True, help="ScoreVAEPipeline folders or Hub ids.")
+    parser.add_argument("--prior", type=str, default=None, help="Decode with this prior (unet/ + scheduler/) instead.")
+    parser.add_argument("--beta_vae", type=str, default=None)
+    parser.add_argument("--classifier", type=str, default=None)
+    parser.add_argument("--fashion_mnist_dir", type=str, default=FASHION_MNIST_DIR)
+    parser.add_argument("--num_images", type=int, default=1000, help="First N test images.")
+    parser.add_argument("--batch_size", type=int, default=500)
+    parser.add_argument("--settings", nargs="+", default=["ddim:50:1"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--output", type=str, required=True, help="JSON file to write.")
+    parser.add_argument("--save_reconstructions", type=int, default=0, help="Also save the first N as a PNG grid.")
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args(input_args)
+
+
+def make_scheduler(name: str, config, clip: str | None):
+    if name not in SCHEDULERS:
+        raise ValueError(f"scheduler {name!r} is not one of {sorted(SCHEDULERS)}.")
+    overrides = {}
+    if clip is not None:
+        if clip not in ("clip", "noclip"):
+            raise ValueError(f"clip option {clip!r} must be 'clip' or 'noclip'.")
+        overrides["clip_sample"] = clip == "clip"
+    return SCHEDULERS[name].from_config(config, **overrides)
+
+
+def main(args):
+    from diffusers_scorevae.models.beta_vae import BetaVAE
+    from diffusers_scorevae.models.classifier import FashionMNISTClassifier
+
+    device = torch.device(args.device)
+    images, labels = load_fashion_mnist("test", data_dir=args.fashion_mnist_dir)
+    originals = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
+    classifier = FashionMNISTClassifier.from_pretrained(args.classifier).to(device).eval() if args.classifier else None
+    results = {"num_images": len(originals), "originals": {"sharpness": reconstruction_metrics(originals, originals)["sharpness"]}}
+
+    if args.beta_vae:
+        model = BetaVAE.from_pretrained(args.beta_vae).to(device).eval()
+        results["beta_vae"] = reconstruction_metrics(originals, beta_vae_reconstruct(model, originals), classifier)
+        print("beta_vae", results["beta_vae"], flush=True)
+
+    for path in args.pipelines:
+        pipe = ScoreVAEPipeline.from_pretrained(path)
+        if args.prior is not None:
+            unet = UNet2DModel.from_pretrained(args.prior, subfolder="unet")
+            config = diffusers.DDPMScheduler.load_config(args.prior, subfolder="scheduler")
+            scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+            pipe = ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=pipe.encoder)
+        pipe.to(device)
+        base_config = pipe.scheduler.config
+        for setting in args.settings:
+            name, steps, gamma, *clip = setting.split(":")
+            pipe.scheduler = make_scheduler(name, base_config, clip[0] if clip else None)
+            start = time.time()
+            reconstructions = scorevae_reconstruct(
+                pipe, originals, args.batch_size, int(steps), float(gamma), seed=args.seed, progress=False
+            )
+            entry = reconstruction_metrics(originals, reconstructions, classifier)
+            entry["seconds"] = time.time() - start
+            entry["clip_sample"] = pipe.scheduler.config.get("clip_sample")
+            results.setdefault("scorevae", {}).setdefault(path, {})[setting] = entry
+            print(path, setting, entry, flush=True)
+            if args.save_reconstructions:
+                from diffusers_scorevae.visualization import save_rows
+
+                stem = os.path.splitext(args.output)[0]
+                n = args.save_reconstructions
+                save_rows([originals[:n], reconstructions[:n]], f"{stem}-{os.path.basename(path)}-{setting.replace(':', '_')}.png")
+
+    with open(args.output, "w") as f:
+        json.dump(results, f, indent=2)
+
+
+if __name__ == "__main__":
+    main(parse_args())

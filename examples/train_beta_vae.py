@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Train the β-VAE baseline on Fashion-MNIST: the ScoreVAE encoder architecture plus a convolutional decoder, the same
+latent size and the same β convention (sums over pixels and latent dims; Gaussian likelihood of unit variance in
+model space [-1, 1]).
+
+    python examples/train_beta_vae.py --output_dir runs/beta-vae --latent_dim 32 --beta 0.01
+
+The run can be killed at any moment; the same command continues from `output_dir/checkpoint` (replaced atomically).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from diffusers_scorevae.data import FASHION_MNIST_DIR, images_to_tensor, load_fashion_mnist, load_fashion_mnist_from_hub
+from diffusers_scorevae.models.beta_vae import BetaVAE
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description="Train a β-VAE baseline on Fashion-MNIST.")
+    parser.add_argument("--fashion_mnist_dir", type=str, default=FASHION_MNIST_DIR)
+    parser.add_argument("--dataset_name", type=str, default=None, help="e.g. zalando-datasets/fashion_mnist")
+    parser.add_argument("--output_dir", type=str, default="beta-vae-fashion-mnist")
+    parser.add_argument("--latent_dim", type=int, default=32)
+    parser.add_argument("--block_out_channels", type=str, default="32,64,128,128")
+    parser.add_argument("--beta", type=float, default=0.01)
+    parser.add_argument("--train_batch_size", type=int, default=128)
+    parser.add_argument("--learning_rate", type=float, default=1e-3)
+    parser.add_argument("--max_train_steps", type=int, default=20000)
+    parser.add_argument("--max_train_minutes", type=float, default=None)
+    parser.add_argument("--checkpointing_steps", type=int, default=1000)
+    parser.add_argument("--logging_steps", type=int, default=100)
+    parser.add_argument("--random_flip", action="store_true")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
+    return parser.parse_args(input_args)
+
+
+def save_checkpoint(output_dir, model, optimizer, step, wall_seconds, generator):
+    """Write `checkpoint.tmp`, then swap it in: a kill at any moment leaves a complete checkpoint."""
+    final, tmp = os.path.join(output_dir, "checkpoint"), os.path.join(output_dir, "checkpoint.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    model.save_pretrained(os.path.join(tmp, "model"))
+    tensors = {f"optimizer.{i}.{k}": v for i, s in optimizer.state_dict()["state"].items() for k, v in s.items()}
+    tensors["generator"] = generator.get_state()
+    save_file({k: v.contiguous().cpu() for k, v in tensors.items()}, os.path.join(tmp, "optimizer.safetensors"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump({"step": step, "wall_seconds": wall_seconds}, f)
+    if os.path.exists(final):
+        os.rename(final, final + ".old")
+    os.rename(tmp, final)
+    shutil.rmtree(final + ".old", ignore_errors=True)
+    model.save_pretrained(output_dir)
+
+
+def load_checkpoint(output_dir, model, optimizer, generator):
+    path = os.path.join(output_dir, "checkpoint")
+    if not os.path.exists(os.path.join(path, "state.json")):
+        return 0, 0.0
+    model.load_state_dict(BetaVAE.from_pretrained(os.path.join(path, "model")).state_dict())
+    tensors = load_file(os.path.join(path, "optimizer.safetensors"))
+    state = optimizer.state_dict()
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, index, name = key.split(".", 2)
+            state["state"].setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict(state)
+    generator.set_state(tensors["generator"])
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    return state["step"], state["wall_seconds"]
+
+
+def main(args):
+    torch.manual_seed(args.seed)
+    device = torch.device(args.device)
+    os.makedirs(args.output_dir, exist_ok=True)
+    if args.dataset_name is not None:
+        images, _ = load_fashion_mnist_from_hub("train", dataset_name=args.dataset_name)
+    else:
+        images, _ = load_fashion_mnist("train", data_dir=args.fashion_mnist_dir)
+    data = images_to_tensor(images).to(device)
+
+    model = BetaVAE(
+        sample_size=data.shape[-1],
+        in_channels=data.shape[1],
+        latent_dim=args.latent_dim,
+        block_out_channels=tuple(int(c) for c in args.block_out_channels.split(",")),
+    ).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    step, wall_seconds = load_checkpoint(args.output_dir, model, optimizer, generator)
+    print(f"β-VAE: {sum(p.numel() for p in model.parameters()) / 1e6:.3f}M parameters, starting at step {step}")
+
+    start, log = time.time(), os.path.join(args.output_dir, "train_log.jsonl")
+    running = []
+    while step < args.max_train_steps:
+        index = torch.randint(0, len(data), (args.train_batch_size,), generator=generator).to(device)
+        batch = data[index]
+        if args.random_flip:
+            flip = (torch.rand(len(batch), generator=generator) < 0.5).to(device)
+            batch = torch.where(flip[:, None, None, None], batch.flip(-1), batch)
+        sample_generator = torch.Generator(device=device).manual_seed(args.seed * 1_000_003 + step)
+        loss, reconstruction, kl = model.loss(batch, beta=args.beta, generator=sample_generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        step += 1
+        running.append((loss.item(), reconstruction.item(), kl.item()))
+        elapsed = wall_seconds + time.time() - start
+        if step % args.logging_steps == 0:
+            mean = [sum(v) / len(v) for v in zip(*running)]
+            with open(log, "a") as f:
+                f.write(json.dumps({"step": step, "loss": mean[0], "reconstruction": mean[1], "kl": mean[2], "wall_seconds": elapsed}) + "\n")
+            print(f"step {step}: loss {mean[0]:.3f} recon {mean[1]:.3f} kl {mean[2]:.2f}")
+            running = []
+        out_of_time = args.max_train_minutes is not None and time.time() - start > 60 * args.max_train_minutes
+        if step % args.checkpointing_steps == 0 or step >= args.max_train_steps or out_of_time:
+            save_checkpoint(args.output_dir, model, optimizer, step, elapsed, generator)
+        if out_of_time:
+            break
+
+
+if __name__ == "__main__":
+    main(parse_args())
