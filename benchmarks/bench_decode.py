@@ -1,0 +1,209 @@
+"""Decode cost of ScoreVAE next to unconditional sampling with the same UNet, scheduler, steps and batch.
+
+The UNet has the architecture of `google/ddpm-cifar10-32` (35.7M parameters, random weights: the cost does not depend
+on them), the encoder is the default `ScoreVAEEncoder(32, 3, 384)`, the scheduler DDIM. Both runs use one
+`ScoreVAEPipeline`: `guidance_scale=1` with latent codes given (ScoreVAE decoding: one UNet forward plus one encoder
+forward and backward per step) against `guidance_scale=0` (which is the unconditional sampler bit for bit and never
+runs the encoder; the tests check this against diffusers' own pipelines).
+
+Time: the two are alternated, after one warm-up each, and the median over `--repeats` calls is taken.
+Memory:
+  - cuda: `torch.cuda.max_memory_allocated` during one call, after `reset_peak_memory_stats`; reported as the peak
+    (weights included) and as the peak above what was allocated before the call (activations and workspace).
+  - cpu: each mode runs in a fresh subprocess. After building the models, the kernel's high-water mark of the
+    resident set (VmHWM) is reset (`echo 5 > /proc/self/clear_refs`), one call runs, and VmHWM is read. Reported as
+    the peak RSS (which includes the Python interpreter, torch's libraries and the weights, so its ratio is close to
+    1 by construction) and as the peak's growth over the RSS before the call (what the decode itself needs:
+    activations, the encoder's autograd graph, allocator caches). Where VmHWM cannot be reset, the lifetime peak
+    `ru_maxrss` is used, and the growth is then a lower bound. `tracemalloc` does not see torch's allocations.
+    On a shared CPU the wall-clock times are noisy; the process CPU time (`time.process_time`, all threads of this
+    process) is reported beside them and is less disturbed by other processes.
+
+Targets (issue 3): time ratio <= 1.3, memory ratio <= 1.5.
+
+    python benchmarks/bench_decode.py --batch_size 4 --num_inference_steps 10 --device cpu --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from diffusers import DDIMScheduler, UNet2DModel
+
+from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
+
+MODES = ("scorevae", "unconditional")
+
+
+def parse_args(input_args=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--num_inference_steps", type=int, default=50)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--latent_dim", type=int, default=384)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory_worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one CPU memory run
+    return parser.parse_args(input_args)
+
+
+def build_pipeline(args) -> ScoreVAEPipeline:
+    """google/ddpm-cifar10-32's UNet architecture with random weights, the default encoder, DDIM."""
+    torch.manual_seed(args.seed)
+    unet = UNet2DModel(
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(128, 256, 256, 256),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+    )
+    encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
+    torch.nn.init.normal_(encoder.proj_out.weight, std=1e-3)  # a non-zero score, as a trained encoder has
+    pipe = ScoreVAEPipeline(unet=unet, scheduler=DDIMScheduler(), encoder=encoder).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def decode(pipe: ScoreVAEPipeline, args, mode: str, latent_codes: torch.Tensor):
+    guidance_scale = 1.0 if mode == "scorevae" else 0.0
+    generator = torch.Generator(device="cpu").manual_seed(args.seed)
+    return pipe(
+        latent_codes=latent_codes,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generator,
+        output_type="pt",
+    ).images
+
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_modes(pipe, args, latent_codes) -> tuple[dict[str, float], dict[str, float]]:
+    """Median wall-clock and process-CPU seconds per call of each mode, alternating the two after a warm-up each."""
+    wall, cpu = {mode: [] for mode in MODES}, {mode: [] for mode in MODES}
+    for mode in MODES:
+        decode(pipe, args, mode, latent_codes)
+    for _ in range(args.repeats):
+        for mode in MODES:
+            synchronize(args.device)
+            start, start_cpu = time.perf_counter(), time.process_time()
+            decode(pipe, args, mode, latent_codes)
+            synchronize(args.device)
+            wall[mode].append(time.perf_counter() - start)
+            cpu[mode].append(time.process_time() - start_cpu)
+    print(f"wall-clock seconds per call: {wall}")
+    median = statistics.median
+    return {mode: median(t) for mode, t in wall.items()}, {mode: median(t) for mode, t in cpu.items()}
+
+
+def cuda_memory(pipe, args, latent_codes) -> dict[str, dict[str, float]]:
+    memory = {}
+    for mode in MODES:
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        decode(pipe, args, mode, latent_codes)
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        memory[mode] = {"peak_mib": peak / 2**20, "growth_mib": (peak - before) / 2**20}
+    return memory
+
+
+def proc_status_mib(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024  # kB
+    raise KeyError(field)
+
+
+def reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def memory_worker(args):
+    """One mode in this fresh process: the RSS before one call and its peak during it."""
+    pipe = build_pipeline(args)
+    latent_codes = torch.randn(args.batch_size, args.latent_dim, generator=torch.Generator().manual_seed(1))
+    gc.collect()
+    before = proc_status_mib("VmRSS")
+    exact = reset_peak_rss() and proc_status_mib("VmHWM") <= before + 1
+    decode(pipe, args, args.memory_worker, latent_codes.to(args.device))
+    peak = proc_status_mib("VmHWM") if exact else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_mib": peak, "growth_mib": peak - before, "hwm_reset": exact}))
+
+
+def cpu_memory(args) -> dict[str, dict[str, float]]:
+    memory = {}
+    for mode in MODES:
+        command = [sys.executable, __file__, "--memory_worker", mode, "--device", args.device]
+        command += ["--batch_size", str(args.batch_size), "--num_inference_steps", str(args.num_inference_steps)]
+        command += ["--latent_dim", str(args.latent_dim), "--seed", str(args.seed)]
+        result = subprocess.run(command, check=True, capture_output=True, text=True)
+        memory[mode] = json.loads(result.stdout.strip().splitlines()[-1])
+    return memory
+
+
+def main(args):
+    if args.memory_worker:
+        return memory_worker(args)
+
+    pipe = build_pipeline(args)
+    unet_params = sum(p.numel() for p in pipe.unet.parameters())
+    encoder_params = sum(p.numel() for p in pipe.encoder.parameters())
+    print(f"device: {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
+    print(f"UNet (google/ddpm-cifar10-32 architecture): {unet_params / 1e6:.1f}M parameters")
+    print(f"encoder ScoreVAEEncoder(32, 3, {args.latent_dim}): {encoder_params / 1e6:.2f}M parameters")
+    print(f"scheduler: DDIM, {args.num_inference_steps} steps, batch {args.batch_size}, {args.repeats} repeats")
+    if abs(unet_params / 1e6 - 35.7) > 0.1:
+        raise RuntimeError(f"the UNet has {unet_params} parameters, not google/ddpm-cifar10-32's 35.7M")
+
+    latent_codes = torch.randn(args.batch_size, args.latent_dim, generator=torch.Generator().manual_seed(1))
+    latent_codes = latent_codes.to(args.device)
+    times, cpu_times = time_modes(pipe, args, latent_codes)
+    if torch.device(args.device).type == "cuda":
+        memory, what = cuda_memory(pipe, args, latent_codes), "torch.cuda.max_memory_allocated"
+    else:
+        del pipe
+        memory = cpu_memory(args)
+        what = "VmHWM" if all(m["hwm_reset"] for m in memory.values()) else "ru_maxrss, growth a lower bound"
+        what += " of a fresh subprocess per mode"
+
+    print()
+    print(f"{'':16}{'s / call':>10}{'s / image':>11}{'CPU s / call':>14}{'peak MiB':>11}{'peak growth MiB':>17}")
+    for mode in MODES:
+        print(
+            f"{mode:16}{times[mode]:10.3f}{times[mode] / args.batch_size:11.4f}{cpu_times[mode]:14.3f}"
+            f"{memory[mode]['peak_mib']:11.1f}{memory[mode]['growth_mib']:17.1f}"
+        )
+    time_ratio = times["scorevae"] / times["unconditional"]
+    peak_ratio = memory["scorevae"]["peak_mib"] / memory["unconditional"]["peak_mib"]
+    growth_ratio = memory["scorevae"]["growth_mib"] / max(memory["unconditional"]["growth_mib"], 1e-9)
+    print()
+    print(f"time ratio (median):        {time_ratio:.3f}   (target <= 1.3)")
+    print(f"CPU-time ratio (median):    {cpu_times['scorevae'] / cpu_times['unconditional']:.3f}")
+    print(f"peak memory ratio:          {peak_ratio:.3f}   (target <= 1.5; {what})")
+    print(f"peak memory growth ratio:   {growth_ratio:.3f}   (the call's own memory, weights and libraries excluded)")
+
+
+if __name__ == "__main__":
+    main(parse_args())
