@@ -59,6 +59,9 @@ def scheduler_log_snr(scheduler, timestep) -> torch.Tensor:
     """
     table = _training_log_snr(scheduler)
     t = torch.as_tensor(timestep, dtype=torch.float64).cpu()
+    if getattr(scheduler.config, "timestep_type", "discrete") == "continuous":
+        # EulerDiscreteScheduler(timestep_type="continuous") passes t = ¼ log σ_ve (EDM-style): λ = −2 log σ_ve
+        return -8.0 * t
     if torch.any(t < 0) or torch.any(t > len(table) - 1):
         raise ValueError(f"timestep {timestep} is outside the scheduler's training range [0, {len(table) - 1}].")
     low = t.floor().long().clamp(max=len(table) - 1)

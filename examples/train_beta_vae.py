@@ -19,7 +19,12 @@ import time
 import torch
 from safetensors.torch import load_file, save_file
 
-from diffusers_scorevae.data import FASHION_MNIST_DIR, images_to_tensor, load_fashion_mnist, load_fashion_mnist_from_hub
+from diffusers_scorevae.data import (
+    FASHION_MNIST_DIR,
+    images_to_tensor,
+    load_fashion_mnist,
+    load_fashion_mnist_from_hub,
+)
 from diffusers_scorevae.models.beta_vae import BetaVAE
 
 

@@ -24,6 +24,7 @@ import re
 import shutil
 import time
 
+import diffusers
 import numpy as np
 import PIL.Image
 import torch
@@ -35,7 +36,6 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
-import diffusers
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.training import LOSS_WEIGHTINGS, scorevae_loss
 

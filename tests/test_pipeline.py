@@ -5,7 +5,6 @@ import importlib
 import json
 import os
 import re
-import sys
 
 import numpy as np
 import PIL.Image
@@ -113,12 +112,6 @@ def test_zero_guidance_equals_plain_loop(unet, latent_codes, scheduler_cls, pred
     assert (guided - expected).abs().max() > 1e-4
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pipeline_scorevae.py prepare_latents multiplies by scheduler.init_noise_sigma BEFORE "
-    "scheduler.set_timesteps: with timestep_spacing='leading' the scale comes from the previous call's (or the "
-    "training) sigmas, so two identical calls differ and the start differs from diffusers' sampler",
-)
 def test_init_noise_sigma_is_read_after_set_timesteps(unet, latent_codes):
     def scheduler():
         return EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1)
@@ -198,11 +191,6 @@ def test_second_order_schedulers_guide_both_model_calls(unet, encoder, latent_co
     assert len(encoder_calls) == len(unet_calls) == pipe.num_timesteps
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="noise.py guided_model_output/scheduler_log_snr: with a zero-terminal-SNR schedule (ᾱ_T = 0, λ = −inf) "
-    "the v_prediction round trip divides by α = 0 and the encoder gets λ = −inf, so the first step is NaN",
-)
 def test_zero_terminal_snr_v_prediction_decodes(unet, encoder, latent_codes):
     scheduler = DDIMScheduler(rescale_betas_zero_snr=True, prediction_type="v_prediction", timestep_spacing="trailing")
     pipe = make_pipe(scheduler, unet=unet, encoder=encoder)
@@ -347,18 +335,7 @@ def test_latents_are_scaled_by_init_noise_sigma(latent_codes):
     torch.testing.assert_close(unet_calls[0][0], expected_input)
 
 
-# `{k: locals()[k] for k in ...}` looks up the comprehension's own scope before Python 3.12 (PEP 709)
-CALLBACK_LOCALS_BUG = pytest.mark.xfail(
-    sys.version_info < (3, 12),
-    strict=True,
-    raises=KeyError,
-    reason="pipeline_scorevae.py step 5: `callback_kwargs = {k: locals()[k] for k in "
-    "callback_on_step_end_tensor_inputs}` runs locals() inside the dict comprehension's own scope on Python < 3.12, "
-    "so every callback_on_step_end raises KeyError: 'latents' (diffusers builds the dict in a for loop)",
-)
 
-
-@CALLBACK_LOCALS_BUG
 def test_callback_on_step_end_can_replace_latents_and_sees_properties(latent_codes):
     pipe = make_pipe(DDIMScheduler(clip_sample=False))
     seen = []
@@ -384,7 +361,6 @@ def test_callback_on_step_end_can_replace_latents_and_sees_properties(latent_cod
     assert pipe.num_timesteps == STEPS and pipe.guidance_scale == 1.5
 
 
-@CALLBACK_LOCALS_BUG
 def test_callback_replacing_latents_mid_loop_changes_the_rest():
     pipe = make_pipe(DDIMScheduler(clip_sample=False))
     z = torch.randn(1, LATENT_DIM, generator=seed(1))

@@ -282,6 +282,9 @@ class ScoreVAEPipeline(DiffusionPipeline):
         """Add the encoder's score to a UNet output: ε̂ − γ σ_t ∇_{x_t} log q_φ(z | x_t, λ_t), in the scheduler's
         `prediction_type` (MATH.md §3). `model_input` is the VP-scaled sample the UNet saw."""
         log_snr = scheduler_log_snr(self.scheduler, timestep)
+        if not torch.isfinite(log_snr):
+            # zero terminal SNR (ᾱ_T = 0): x_T is pure noise and carries no information about z
+            return model_output
         score = encoder_score(self.encoder, model_input, log_snr.float(), latent_codes)
         prediction_type = getattr(self.scheduler.config, "prediction_type", "epsilon")
         return guided_model_output(model_output, model_input, score, log_snr, self.guidance_scale, prediction_type)
@@ -380,17 +383,17 @@ class ScoreVAEPipeline(DiffusionPipeline):
             batch_size = latent_codes.shape[0]
         self._check_generator(generator, batch_size)
 
-        # 3. prepare the initial noise, then (with no image or codes) draw the codes z ~ N(0, I)
-        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
-        if latent_codes is None and guidance_scale > 0:
-            latent_shape = (batch_size, self.encoder.config.latent_dim)
-            latent_codes = randn_tensor(latent_shape, generator=generator, device=device, dtype=self.encoder.dtype)
-
-        # 4. set the timesteps
+        # 3. set the timesteps (before the noise: `init_noise_sigma` depends on them)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+
+        # 4. prepare the initial noise, then (with no image or codes) draw the codes z ~ N(0, I)
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
+        if latent_codes is None and guidance_scale > 0:
+            latent_shape = (batch_size, self.encoder.config.latent_dim)
+            latent_codes = randn_tensor(latent_shape, generator=generator, device=device, dtype=self.encoder.dtype)
 
         # 5. denoising loop: UNet, encoder term, scheduler step
         for i, t in enumerate(self.progress_bar(timesteps)):
@@ -403,7 +406,9 @@ class ScoreVAEPipeline(DiffusionPipeline):
             latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
 
             if callback_on_step_end is not None:
-                callback_kwargs = {k: locals()[k] for k in callback_on_step_end_tensor_inputs}
+                callback_kwargs = {}
+                for k in callback_on_step_end_tensor_inputs:
+                    callback_kwargs[k] = locals()[k]
                 callback_outputs = callback_on_step_end(self, i, t, callback_kwargs) or {}
                 latents = callback_outputs.pop("latents", latents)
                 latent_codes = callback_outputs.pop("latent_codes", latent_codes)
