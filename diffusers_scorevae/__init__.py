@@ -2,7 +2,31 @@
 
 __version__ = "0.1.0"
 
-from .models import ScoreVAEEncoder, ScoreVAEEncoderOutput
+from .bundled import pretrained_path
+from .data import (
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    images_to_tensor,
+    load_fashion_mnist,
+    load_fashion_mnist_from_hub,
+)
+from .models import BetaVAE, FashionMNISTClassifier, ScoreVAEEncoder, ScoreVAEEncoderOutput
 from .pipelines import ScoreVAEPipeline, ScoreVAEPipelineOutput
+from .training import ScoreVAELossOutput, scorevae_loss
 
-__all__ = ["ScoreVAEEncoder", "ScoreVAEEncoderOutput", "ScoreVAEPipeline", "ScoreVAEPipelineOutput"]
+__all__ = [
+    "BetaVAE",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "FashionMNISTClassifier",
+    "ScoreVAEEncoder",
+    "ScoreVAEEncoderOutput",
+    "ScoreVAELossOutput",
+    "ScoreVAEPipeline",
+    "ScoreVAEPipelineOutput",
+    "images_to_tensor",
+    "load_fashion_mnist",
+    "load_fashion_mnist_from_hub",
+    "pretrained_path",
+    "scorevae_loss",
+]

@@ -1,0 +1,38 @@
+"""The trained Fashion-MNIST models that ship inside the package (no network needed)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
+
+BUNDLED = {
+    "fashion-mnist": "ScoreVAEPipeline: the Fashion-MNIST prior (UNet2DModel, 28x28, 1 channel) + its ScoreVAE encoder",
+    "fashion-mnist-prior-large": "a larger Fashion-MNIST prior (cosine schedule, v-prediction), DDPMPipeline layout",
+    "fashion-mnist-beta-vae": "the beta-VAE baseline (same latent size and encoder architecture)",
+    "fashion-mnist-classifier": "FashionMNISTClassifier used for class_kept and Frechet distances",
+}
+
+
+def pretrained_path(name: str = "fashion-mnist") -> str:
+    """The local folder of a bundled model, loadable with the matching `from_pretrained`:
+
+        >>> from diffusers_scorevae import ScoreVAEPipeline, pretrained_path
+        >>> pipe = ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist"))
+
+    Names: "fashion-mnist", "fashion-mnist-prior-large", "fashion-mnist-beta-vae", "fashion-mnist-classifier".
+    """
+    if name not in BUNDLED:
+        raise ValueError(f"pretrained name {name!r} is not bundled; choose one of {sorted(BUNDLED)}.")
+    path = os.path.join(PRETRAINED_DIR, name)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"The bundled model {name!r} is missing from {PRETRAINED_DIR}; reinstall the package.")
+    return path
+
+
+def bundled_test_images() -> tuple[np.ndarray, np.ndarray]:
+    """A few dozen Fashion-MNIST test images shipped with the package: (uint8 `[N, 28, 28]`, int64 labels `[N]`)."""
+    with np.load(os.path.join(PRETRAINED_DIR, "fashion-mnist-test-images.npz"), allow_pickle=False) as data:
+        return data["images"], data["labels"]

@@ -1,0 +1,212 @@
+"""The `scorevae` command: reconstruct with the bundled Fashion-MNIST ScoreVAE and compare it with a β-VAE.
+
+    scorevae demo                        # bundled test images -> scorevae-demo/reconstructions.png + metrics.json
+    scorevae reconstruct a.png b.png --output-dir out
+    scorevae evaluate --num-images 1000  # Fashion-MNIST test set (Debian's dataset-fashion-mnist or the Hub)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+# The bundled pipeline's decoding settings, chosen by the measurements in the README ("Choosing the sampler").
+DEFAULT_STEPS = 250
+DEFAULT_GUIDANCE = 4.0
+DEFAULT_SCHEDULER = "ddpm"
+
+
+def _device(name: str | None) -> torch.device:
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve(name_or_path: str) -> str:
+    """A bundled name (see `pretrained_path`), a local folder, or a Hub repo id (returned unchanged)."""
+    from .bundled import BUNDLED, pretrained_path
+
+    return pretrained_path(name_or_path) if name_or_path in BUNDLED else name_or_path
+
+
+def load_pipeline(pipeline: str, prior: str | None, scheduler: str | None, device: torch.device):
+    """The ScoreVAE pipeline, optionally decoding with another prior (its unet + scheduler) and another scheduler type."""
+    import diffusers
+
+    from .pipelines import ScoreVAEPipeline
+
+    pipe = ScoreVAEPipeline.from_pretrained(resolve(pipeline))
+    if prior is not None:
+        path = resolve(prior)
+        unet = diffusers.UNet2DModel.from_pretrained(path, subfolder="unet")
+        config = diffusers.DDPMScheduler.load_config(path, subfolder="scheduler")
+        prior_scheduler = getattr(diffusers, config.get("_class_name", "DDPMScheduler")).from_config(config)
+        pipe = ScoreVAEPipeline(unet=unet, scheduler=prior_scheduler, encoder=pipe.encoder)
+    if scheduler is not None:
+        classes = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}
+        pipe.scheduler = classes[scheduler].from_config(pipe.scheduler.config)
+    return pipe.to(device)
+
+
+def compare(pipe, images: torch.Tensor, args, device, beta_vae_path: str | None, classifier_path: str | None):
+    """Reconstruct `images` ([0, 1], `[N, 1, 28, 28]`) with ScoreVAE and the β-VAE; metrics of both."""
+    from .evaluation import beta_vae_reconstruct, reconstruction_metrics, scorevae_reconstruct
+    from .models.beta_vae import BetaVAE
+    from .models.classifier import FashionMNISTClassifier
+
+    classifier = FashionMNISTClassifier.from_pretrained(resolve(classifier_path)).to(device).eval()
+    start = time.time()
+    scorevae = scorevae_reconstruct(
+        pipe, images, args.batch_size, args.num_inference_steps, args.guidance_scale, seed=args.seed
+    )
+    seconds = time.time() - start
+    beta_vae = BetaVAE.from_pretrained(resolve(beta_vae_path)).to(device).eval()
+    baseline = beta_vae_reconstruct(beta_vae, images)
+    metrics = {
+        "num_images": len(images),
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "scheduler": type(pipe.scheduler).__name__,
+        "prior": args.prior or args.pipeline,
+        "scorevae": reconstruction_metrics(images, scorevae, classifier),
+        "beta_vae": reconstruction_metrics(images, baseline, classifier),
+        "originals": {"sharpness": reconstruction_metrics(images, images)["sharpness"]},
+        "scorevae_seconds": seconds,
+    }
+    return scorevae, baseline, metrics
+
+
+def cmd_demo(args):
+    from .bundled import bundled_test_images
+    from .visualization import save_rows
+
+    device = _device(args.device)
+    images, _ = bundled_test_images()
+    if not 1 <= args.num_images <= len(images):
+        raise ValueError(f"--num-images {args.num_images} must be between 1 and {len(images)} (the bundled images).")
+    images = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
+    pipe = load_pipeline(args.pipeline, args.prior, args.scheduler, device)
+    scorevae, baseline, metrics = compare(pipe, images, args, device, args.beta_vae, args.classifier)
+    os.makedirs(args.output_dir, exist_ok=True)
+    save_rows(
+        [images, scorevae, baseline],
+        os.path.join(args.output_dir, "reconstructions.png"),
+        labels=["original", "ScoreVAE", "beta-VAE"],
+        scale=3,
+    )
+    with open(os.path.join(args.output_dir, "metrics.json"), "w") as f:
+        json.dump(metrics, f, indent=2)
+    _print_metrics(metrics)
+    print(f"wrote {args.output_dir}/reconstructions.png and {args.output_dir}/metrics.json")
+
+
+def cmd_evaluate(args):
+    from .data import load_fashion_mnist, load_fashion_mnist_from_hub
+
+    device = _device(args.device)
+    if args.dataset_name is not None:
+        images, _ = load_fashion_mnist_from_hub("test", dataset_name=args.dataset_name)
+    else:
+        images, _ = load_fashion_mnist("test", data_dir=args.fashion_mnist_dir)
+    images = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
+    pipe = load_pipeline(args.pipeline, args.prior, args.scheduler, device)
+    _, _, metrics = compare(pipe, images, args, device, args.beta_vae, args.classifier)
+    _print_metrics(metrics)
+    if args.output is not None:
+        with open(args.output, "w") as f:
+            json.dump(metrics, f, indent=2)
+        print(f"wrote {args.output}")
+
+
+def cmd_reconstruct(args):
+    import PIL.Image
+
+    from .visualization import save_rows
+
+    device = _device(args.device)
+    pipe = load_pipeline(args.pipeline, args.prior, args.scheduler, device)
+    images = [PIL.Image.open(path) for path in args.images]
+    originals = pipe.preprocess(images).cpu().add(1).div(2)
+    out = pipe(
+        image=images,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        generator=torch.Generator().manual_seed(args.seed),
+        output_type="pt",
+    )
+    os.makedirs(args.output_dir, exist_ok=True)
+    for path, image in zip(args.images, pipe.numpy_to_pil(out.images.cpu().permute(0, 2, 3, 1).numpy())):
+        stem = os.path.splitext(os.path.basename(path))[0]
+        image.save(os.path.join(args.output_dir, f"{stem}_reconstruction.png"))
+    save_rows([originals, out.images.cpu()], os.path.join(args.output_dir, "grid.png"), ["original", "ScoreVAE"], 3)
+    np.save(os.path.join(args.output_dir, "latent_codes.npy"), out.latent_codes.cpu().numpy())
+    print(f"wrote {len(images)} reconstructions, grid.png and latent_codes.npy to {args.output_dir}")
+
+
+def _print_metrics(metrics: dict):
+    keys = ("l2", "psnr", "ssim", "sharpness", "class_kept")
+    print(f"{'':10s}" + "".join(f"{k:>12s}" for k in keys))
+    for name in ("scorevae", "beta_vae"):
+        print(f"{name:10s}" + "".join(f"{metrics[name][k]:12.4f}" for k in keys))
+    print(f"{'originals':10s}{'':36s}{metrics['originals']['sharpness']:12.4f}")
+
+
+def _add_decoding_args(parser, default_output=None):
+    parser.add_argument("--pipeline", default="fashion-mnist", help="Bundled name, folder or Hub id of the pipeline.")
+    parser.add_argument("--prior", default=None, help="Decode with this prior instead (bundled name, folder or Hub id).")
+    parser.add_argument("--num-inference-steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument(
+        "--scheduler", choices=["ddpm", "ddim"], default=None, help="Override the pipeline's scheduler type."
+    )
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="scorevae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="Reconstruct bundled Fashion-MNIST test images with ScoreVAE and the β-VAE.")
+    demo.add_argument("--output-dir", default="scorevae-demo")
+    demo.add_argument("--num-images", type=int, default=16)
+    demo.add_argument("--beta-vae", default="fashion-mnist-beta-vae")
+    demo.add_argument("--classifier", default="fashion-mnist-classifier")
+    _add_decoding_args(demo)
+    demo.set_defaults(func=cmd_demo)
+
+    evaluate = sub.add_parser("evaluate", help="ScoreVAE vs β-VAE on the Fashion-MNIST test set.")
+    evaluate.add_argument("--num-images", type=int, default=10000)
+    evaluate.add_argument("--fashion-mnist-dir", default=None, help="Folder of the idx files (default: Debian's).")
+    evaluate.add_argument("--dataset-name", default=None, help="Hub dataset instead, e.g. zalando-datasets/fashion_mnist")
+    evaluate.add_argument("--beta-vae", default="fashion-mnist-beta-vae")
+    evaluate.add_argument("--classifier", default="fashion-mnist-classifier")
+    evaluate.add_argument("--output", default=None, help="Write the metrics to this JSON file.")
+    _add_decoding_args(evaluate)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    reconstruct = sub.add_parser("reconstruct", help="Reconstruct your own images (sized like the pipeline's prior).")
+    reconstruct.add_argument("images", nargs="+")
+    reconstruct.add_argument("--output-dir", required=True)
+    _add_decoding_args(reconstruct)
+    reconstruct.set_defaults(func=cmd_reconstruct)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"scorevae {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""examples/train_scorevae_encoder.py end to end on a tiny saved prior and an image folder: a few steps end in a
+loadable pipeline and checkpoints; a run killed with SIGKILL resumes to the same weights; two processes work."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+from conftest import make_unet
+from diffusers import DDPMPipeline, DDPMScheduler
+
+from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "examples", "train_scorevae_encoder.py")
+
+
+@pytest.fixture(scope="module")
+def prior_and_images(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train")
+    DDPMPipeline(unet=make_unet(3), scheduler=DDPMScheduler(num_train_timesteps=100)).save_pretrained(root / "prior")
+    rng = np.random.default_rng(0)
+    os.makedirs(root / "images")
+    for i in range(48):  # RGB and grayscale, larger than the prior: resized and cropped to 8x8
+        mode, shape = ("RGB", (12, 10, 3)) if i % 2 else ("L", (10, 12))
+        PIL.Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8), mode=mode).save(root / "images" / f"{i}.png")
+    return root
+
+
+def base_args(root, output_dir, steps, *extra):
+    return [
+        "--pretrained_model_name_or_path", str(root / "prior"),
+        "--train_data_dir", str(root / "images"),
+        "--output_dir", str(output_dir),
+        "--train_batch_size", "4",
+        "--max_train_steps", str(steps),
+        "--encoder_block_out_channels", "8,16",
+        "--encoder_norm_num_groups", "4",
+        "--latent_dim", "8",
+        "--seed", "0",
+        "--logger", "none",
+        "--random_flip",
+        *extra,
+    ]  # fmt: skip
+
+
+def run_script(args, env=None, **kwargs):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    return subprocess.run([sys.executable, SCRIPT, *args], capture_output=True, text=True, env=env, **kwargs)
+
+
+def encoder_weights(path):
+    return {k: v.clone() for k, v in ScoreVAEEncoder.from_pretrained(path).state_dict().items()}
+
+
+def test_smoke_run_writes_a_loadable_pipeline_and_checkpoints(prior_and_images, tmp_path):
+    out = tmp_path / "run"
+    result = run_script(
+        base_args(prior_and_images, out, 4, "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--use_ema", "--logging_steps", "1")
+        + ["--validation_steps", "4", "--validation_inference_steps", "2", "--num_validation_images", "2"]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(d for d in os.listdir(out) if d.startswith("checkpoint")) == ["checkpoint-4"]  # total limit 1
+    assert os.path.exists(out / "checkpoint-4" / "encoder" / "diffusion_pytorch_model.safetensors")
+    assert os.path.exists(out / "checkpoint-4" / "encoder_ema" / "diffusion_pytorch_model.safetensors")
+    assert os.path.exists(out / "validation" / "step-0000004.png")
+    pipe = ScoreVAEPipeline.from_pretrained(out)
+    assert pipe.encoder.config.prior["name_or_path"] == str(prior_and_images / "prior")
+    assert pipe.encoder.config.latent_dim == 8
+    assert not any(p.endswith(".bin") for p in os.listdir(out / "encoder"))
+    # with --use_ema the published encoder is the EMA one, not the raw weights
+    ema = encoder_weights(out / "checkpoint-4" / "encoder_ema")
+    raw = encoder_weights(out / "checkpoint-4" / "encoder")
+    published = pipe.encoder.state_dict()
+    assert all(torch.equal(published[k], ema[k]) for k in published)
+    assert any(not torch.equal(published[k], raw[k]) for k in published)
+    images = pipe(image=torch.rand(2, 3, 8, 8), num_inference_steps=2, output_type="pt").images
+    assert images.shape == (2, 3, 8, 8)
+    logs = [json.loads(line) for line in open(out / "train_log.jsonl")]
+    assert {"step", "loss", "score_loss", "prior_loss", "kl"} <= set(logs[-1])
+
+
+def test_sigkill_then_resume_reaches_the_same_weights(prior_and_images, tmp_path):
+    steps = 30
+    straight = run_script(base_args(prior_and_images, tmp_path / "a", steps, "--checkpointing_steps", "10"))
+    assert straight.returncode == 0, straight.stderr[-3000:]
+
+    killed_dir = tmp_path / "b"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [sys.executable, SCRIPT, *base_args(prior_and_images, killed_dir, steps, "--checkpointing_steps", "10")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    deadline = time.time() + 120
+    while not os.path.isdir(killed_dir / "checkpoint-20") and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert os.path.isdir(killed_dir / "checkpoint-20")
+    assert not os.path.exists(killed_dir / "checkpoint-30")  # really interrupted
+
+    resumed = run_script(
+        base_args(prior_and_images, killed_dir, steps, "--checkpointing_steps", "10", "--resume_from_checkpoint", "latest")
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    a, b = encoder_weights(tmp_path / "a" / "encoder"), encoder_weights(killed_dir / "encoder")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) <= 1e-5
+    assert not any(name.endswith(".tmp") for name in os.listdir(killed_dir))
+
+
+def test_two_processes(prior_and_images, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+        "--master_port", str(29500 + os.getpid() % 1000), SCRIPT,
+        *base_args(prior_and_images, out, 4, "--checkpointing_steps", "2", "--use_ema"),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "batch 8" in result.stderr  # 2 processes x 4
+    assert os.path.isdir(out / "checkpoint-4")
+    ScoreVAEPipeline.from_pretrained(out)
+
+
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (["--resolution", "16"], "resolution"),
+        (["--resume_from_checkpoint", "somewhere"], "resume_from_checkpoint"),
+    ],
+)
+def test_clear_errors_before_training(prior_and_images, tmp_path, extra, match):
+    result = run_script(base_args(prior_and_images, tmp_path / "err", 2, *extra))
+    assert result.returncode != 0
+    assert match in result.stderr
