@@ -1,0 +1,76 @@
+"""The bundled Fashion-MNIST models and the `scorevae` command (run on the real bundled weights, few steps)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import PIL.Image
+import pytest
+import torch
+
+from diffusers_scorevae import BetaVAE, FashionMNISTClassifier, ScoreVAEPipeline, pretrained_path
+from diffusers_scorevae.bundled import bundled_test_images
+from diffusers_scorevae.cli import main
+
+
+def test_bundled_pipeline_loads_and_reconstructs():
+    pipe = ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist"))
+    assert pipe.unet.dtype == torch.float32  # float16 on disk, float32 in memory
+    assert (pipe.unet.config.sample_size, pipe.unet.config.in_channels) == (28, 1)
+    images, labels = bundled_test_images()
+    assert images.shape[1:] == (28, 28) and images.dtype == np.uint8 and len(labels) == len(images) >= 16
+    out = pipe(image=[PIL.Image.fromarray(images[0])], num_inference_steps=3, output_type="np")
+    assert out.images.shape == (1, 28, 28, 1) and out.latent_codes.shape == (1, pipe.encoder.config.latent_dim)
+
+
+def test_bundled_companions_load():
+    assert BetaVAE.from_pretrained(pretrained_path("fashion-mnist-beta-vae")).config.latent_dim == 32
+    FashionMNISTClassifier.from_pretrained(pretrained_path("fashion-mnist-classifier"))
+    large = pretrained_path("fashion-mnist-prior-large")
+    assert os.path.isdir(os.path.join(large, "unet")) and os.path.isdir(os.path.join(large, "scheduler"))
+    with pytest.raises(ValueError, match="fashion-mnist"):
+        pretrained_path("cifar-10")
+
+
+def test_demo_writes_picture_and_metrics(tmp_path):
+    code = main(["demo", "--output-dir", str(tmp_path), "--num-images", "3", "--num-inference-steps", "3"])
+    assert code == 0
+    assert PIL.Image.open(tmp_path / "reconstructions.png").size[0] > 3 * 28
+    metrics = json.load(open(tmp_path / "metrics.json"))
+    assert {"num_images", "num_inference_steps", "prior", "scorevae", "beta_vae", "originals"} <= set(metrics)
+    for model in ("scorevae", "beta_vae"):
+        assert set(metrics[model]) == {"l2", "psnr", "ssim", "sharpness", "class_kept"}
+        assert all(np.isfinite(v) for v in metrics[model].values())
+    assert metrics["num_images"] == 3 and metrics["num_inference_steps"] == 3
+
+
+def test_demo_with_the_large_prior(tmp_path):
+    code = main(
+        ["demo", "--output-dir", str(tmp_path), "--num-images", "2", "--num-inference-steps", "2"]
+        + ["--prior", "fashion-mnist-prior-large"]
+    )
+    assert code == 0
+    assert json.load(open(tmp_path / "metrics.json"))["prior"] == "fashion-mnist-prior-large"
+
+
+def test_reconstruct_own_images_and_errors(tmp_path, capsys):
+    images, _ = bundled_test_images()
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"img{i}.png"))
+        PIL.Image.fromarray(images[i]).convert("RGB").save(paths[-1])  # RGB: converted to the prior's 1 channel
+    out = tmp_path / "out"
+    assert main(["reconstruct", *paths, "--output-dir", str(out), "--num-inference-steps", "2"]) == 0
+    assert os.path.exists(out / "img0_reconstruction.png") and np.load(out / "latent_codes.npy").shape[0] == 2
+
+    PIL.Image.new("L", (32, 32)).save(tmp_path / "big.png")
+    assert main(["reconstruct", str(tmp_path / "big.png"), "--output-dir", str(out)]) == 2
+    assert "32x32" in capsys.readouterr().err
+    assert main(["demo", "--num-images", "0", "--output-dir", str(out)]) == 2
+
+
+def test_console_script_help():
+    result = subprocess.run([sys.executable, "-m", "diffusers_scorevae.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "demo" in result.stdout and "reconstruct" in result.stdout
