@@ -10,6 +10,7 @@ from .data import (
     load_fashion_mnist,
     load_fashion_mnist_from_hub,
 )
+from .hub import create_model_card, describe_prior_compatibility
 from .models import BetaVAE, FashionMNISTClassifier, ScoreVAEEncoder, ScoreVAEEncoderOutput
 from .pipelines import ScoreVAEPipeline, ScoreVAEPipelineOutput
 from .training import ScoreVAELossOutput, scorevae_loss
@@ -24,6 +25,8 @@ __all__ = [
     "ScoreVAELossOutput",
     "ScoreVAEPipeline",
     "ScoreVAEPipelineOutput",
+    "create_model_card",
+    "describe_prior_compatibility",
     "images_to_tensor",
     "load_fashion_mnist",
     "load_fashion_mnist_from_hub",

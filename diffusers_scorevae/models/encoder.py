@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import TimestepEmbedding, Timesteps
-from diffusers.models.modeling_utils import ModelMixin
+from diffusers.models.modeling_utils import ModelMixin  # keep: diffusers' pipeline loader looks it up here
 from diffusers.models.unets.unet_2d_blocks import get_down_block
 from diffusers.utils import BaseOutput
 from torch import nn
+
+from ..hub import ScoreVAEHubMixin
 
 
 @dataclass
@@ -36,7 +38,7 @@ def _downsampled_size(size: int, num_downsamples: int) -> int:
     return size
 
 
-class ScoreVAEEncoder(ModelMixin, ConfigMixin):
+class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
     r"""
     The encoder of ScoreVAE: a Gaussian q_φ(z | x_t, λ) over latent codes z, conditioned on a noisy image x_t (the
     VP-scaled input a diffusers UNet sees) and its noise level λ = log(ᾱ / (1 − ᾱ)) (log-SNR). Conditioning on λ rather
@@ -51,6 +53,10 @@ class ScoreVAEEncoder(ModelMixin, ConfigMixin):
     forward. The defaults (4 blocks of widths 32-64-128-128, one layer each, about 0.8M parameters plus the head) cost a
     few percent of `google/ddpm-cifar10-32`'s 35.7M-parameter UNet per step; scale `block_out_channels` with the UNet
     you wrap and check `benchmarks/bench_decode.py`.
+
+    Loading and pushing: `from_pretrained` takes a Hub repo id or a folder (with `subfolder="encoder"` for a pipeline's
+    encoder) and loads safetensors only unless `use_safetensors=False`; `push_to_hub` uploads safetensors and a model
+    card ([`~diffusers_scorevae.hub.ScoreVAEHubMixin`]).
 
     Parameters:
         sample_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32):
@@ -81,7 +87,8 @@ class ScoreVAEEncoder(ModelMixin, ConfigMixin):
             ᾱ = sigmoid(10) ≈ 0.99995, beyond the first step of the usual DDPM schedules.
         prior (`dict`, *optional*):
             A JSON-friendly record of the prior this encoder was trained against (repo id or description, noise
-            schedule, resolution), written by the training script; informational only.
+            schedule, resolution), written by the training script; informational only (model cards and
+            [`~diffusers_scorevae.hub.describe_prior_compatibility`] read it).
     """
 
     @register_to_config

@@ -17,6 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..hub import ScoreVAEPipelineHubMixin
 from ..models.encoder import ScoreVAEEncoder
 from ..noise import encoder_score, guided_model_output, scheduler_log_snr
 
@@ -66,7 +67,7 @@ class ScoreVAEPipelineOutput(BaseOutput):
     latent_codes: torch.Tensor | None
 
 
-class ScoreVAEPipeline(DiffusionPipeline):
+class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
     r"""
     Pipeline for ScoreVAE (arXiv 2304.12141): a VAE whose decoder is a frozen, pretrained, unconditional diffusion model.
 
@@ -77,6 +78,9 @@ class ScoreVAEPipeline(DiffusionPipeline):
 
     This model inherits from [`DiffusionPipeline`]. Check the superclass documentation for the generic methods
     implemented for all pipelines (downloading, saving, running on a particular device, etc.).
+    `ScoreVAEPipeline.from_pretrained` loads a ScoreVAE pipeline, or a plain prior plus `encoder=`, by Hub repo id or
+    folder (safetensors only unless `use_safetensors=False`); `push_to_hub` adds a model card
+    ([`~diffusers_scorevae.hub.ScoreVAEPipelineHubMixin`]).
 
     Parameters:
         unet ([`UNet2DModel`]):
