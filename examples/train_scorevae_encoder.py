@@ -255,7 +255,7 @@ def load_init_encoder(path: str, record: dict) -> ScoreVAEEncoder:
         from diffusers_scorevae.models.beta_vae import BetaVAE
 
         inner = BetaVAE.from_pretrained(path).encoder
-        encoder = ScoreVAEEncoder.from_config({**inner.config, "prior": record})
+        encoder = ScoreVAEEncoder.from_config(inner.config, prior=record)
         encoder.load_state_dict(inner.state_dict())
         return encoder
     return ScoreVAEEncoder.from_pretrained(path, prior=record)
@@ -263,8 +263,10 @@ def load_init_encoder(path: str, record: dict) -> ScoreVAEEncoder:
 
 def prior_record(args, unet, scheduler) -> dict:
     """What the encoder's config records about its prior (see ScoreVAEEncoder's `prior`)."""
+    path = args.pretrained_model_name_or_path
     return {
-        "name_or_path": args.pretrained_model_name_or_path,
+        # a local folder is recorded as an absolute path, so that it cannot be mistaken for a Hub repo id
+        "name_or_path": os.path.abspath(path) if os.path.isdir(path) else path,
         "revision": args.revision,
         "scheduler": type(scheduler).__name__,
         "beta_schedule": scheduler.config.get("beta_schedule"),
@@ -642,7 +644,7 @@ def main(args):
         if args.push_to_hub:
             from diffusers_scorevae.hub import push_pipeline_to_hub
 
-            push_pipeline_to_hub(args.output_dir, args.hub_model_id or os.path.basename(args.output_dir), args)
+            push_pipeline_to_hub(args.output_dir, args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)), args)
     accelerator.end_training()
 
 

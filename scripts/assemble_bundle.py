@@ -52,7 +52,10 @@ def main():
     if args.clip_sample is not None:
         config["clip_sample"] = args.clip_sample == "true"
     scheduler_cls = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}[args.scheduler]
-    encoder = ScoreVAEEncoder.from_pretrained(args.encoder)
+    # the bundled encoder's prior is the bundled prior (not the training machine's folder)
+    record = dict(ScoreVAEEncoder.load_config(args.encoder).get("prior") or {})
+    record["name_or_path"] = "diffusers_scorevae.pretrained_path('fashion-mnist')"
+    encoder = ScoreVAEEncoder.from_pretrained(args.encoder, prior=record)
     dst = os.path.join(PRETRAINED_DIR, "fashion-mnist")
     shutil.rmtree(dst, ignore_errors=True)
     ScoreVAEPipeline(unet=unet, scheduler=scheduler_cls.from_config(config), encoder=encoder).save_pretrained(dst)

@@ -71,7 +71,7 @@ def test_smoke_run_writes_a_loadable_pipeline_and_checkpoints(prior_and_images, 
     assert os.path.exists(out / "checkpoint-4" / "encoder_ema" / "diffusion_pytorch_model.safetensors")
     assert os.path.exists(out / "validation" / "step-0000004.png")
     pipe = ScoreVAEPipeline.from_pretrained(out)
-    assert pipe.encoder.config.prior["name_or_path"] == str(prior_and_images / "prior")
+    assert pipe.encoder.config.prior["name_or_path"] == os.path.abspath(prior_and_images / "prior")
     assert pipe.encoder.config.latent_dim == 8
     assert not any(p.endswith(".bin") for p in os.listdir(out / "encoder"))
     # with --use_ema the published encoder is the EMA one, not the raw weights
