@@ -13,6 +13,7 @@ from .data import (
 from .hub import create_model_card, describe_prior_compatibility
 from .models import BetaVAE, FashionMNISTClassifier, ScoreVAEEncoder, ScoreVAEEncoderOutput
 from .pipelines import ScoreVAEPipeline, ScoreVAEPipelineOutput
+from .pipelines.pipeline_scorevae import ScoreVAEInversionOutput
 from .training import ScoreVAELossOutput, scorevae_loss
 
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "ScoreVAELossOutput",
     "ScoreVAEPipeline",
     "ScoreVAEPipelineOutput",
+    "ScoreVAEInversionOutput",
     "create_model_card",
     "describe_prior_compatibility",
     "images_to_tensor",

@@ -14,12 +14,23 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput, replace_example_docstring
+from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..hub import ScoreVAEPipelineHubMixin
+from ..inversion import (
+    DiffusionBound,
+    check_8bit,
+    check_invertible,
+    ddim_invert,
+    diffusion_bound,
+    guided_epsilon,
+    nats_to_bits_per_dim,
+)
 from ..models.encoder import ScoreVAEEncoder
-from ..noise import encoder_score, guided_model_output, scheduler_log_snr
+from ..noise import encoder_score, guided_model_output, kl_to_standard_normal, scheduler_log_snr
+
+logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
@@ -65,6 +76,23 @@ class ScoreVAEPipelineOutput(BaseOutput):
 
     images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
     latent_codes: torch.Tensor | None
+
+
+@dataclass
+class ScoreVAEInversionOutput(BaseOutput):
+    """
+    Output of [`ScoreVAEPipeline.invert`].
+
+    Args:
+        latents (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
+            The initial noise x_T from which the DDIM decode of `latent_codes` returns the images: pass it as `latents`
+            to the pipeline, with the same `num_inference_steps`, `guidance_scale` and scheduler.
+        latent_codes (`torch.Tensor` of shape `(batch_size, latent_dim)`):
+            The latent codes z the inversion was conditioned on (the encoder means, or the given codes).
+    """
+
+    latents: torch.Tensor
+    latent_codes: torch.Tensor
 
 
 class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
@@ -424,6 +452,199 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         if not return_dict:
             return (images, latent_codes)
         return ScoreVAEPipelineOutput(images=images, latent_codes=latent_codes)
+
+    @torch.no_grad()
+    def invert(
+        self,
+        image,
+        latent_codes: torch.Tensor | list[torch.Tensor] | None = None,
+        num_inference_steps: int = 50,
+        guidance_scale: float = 1.0,
+        num_fixed_point_iterations: int = 0,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> ScoreVAEInversionOutput | tuple:
+        r"""
+        Invert the deterministic DDIM decode: run the probability-flow ODE of the *conditional* model backwards from
+        the images to the initial noise x_T (DDIM inversion, with the same encoder term
+        ε̂ − γ σ_t ∇ log q_φ(z | x_t, λ_t) at every step as the decode). Decoding `latent_codes` from `latents` with
+        this DDIM scheduler and the same `num_inference_steps` and `guidance_scale` then reconstructs the images, up
+        to the inversion's first-order error, which shrinks as the number of steps grows, and much faster with
+        `num_fixed_point_iterations`.
+
+        The pipeline's scheduler must be a [`DDIMScheduler`] (decoded with eta=0); the inversion reads its config
+        (timestep spacing, `steps_offset`, `set_alpha_to_one`) and leaves it unchanged. It never clips x̂_0: with
+        `clip_sample=True` (DDIMScheduler's default) the decode clips where the inversion did not, and the round trip
+        is exact only where clipping does not bite.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                Images in [0, 1] (see [`~ScoreVAEPipeline.preprocess`]).
+            latent_codes (`torch.Tensor` of shape `(batch_size, latent_dim)` or a list of tensors, *optional*):
+                Codes to condition on; defaults to the encoder means of `image`.
+            num_inference_steps (`int`, *optional*, defaults to 50):
+                Number of DDIM steps, as for the decode.
+            guidance_scale (`float`, *optional*, defaults to 1.0):
+                γ, the weight of the encoder's score (0 inverts the unconditional prior).
+            num_fixed_point_iterations (`int`, *optional*, defaults to 0):
+                Refine each step by this many fixed-point iterations x_t ← DDIM⁻¹(x_prev; ε̂_cond(x_t, t)), which solve
+                the DDIM step exactly where they converge (one more UNet and encoder call per step each). 0 is plain
+                DDIM inversion, ε̂_cond taken at the sample in hand.
+            generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
+                Unused (the inversion is deterministic); accepted so that calls mirror the pipeline's.
+            return_dict (`bool`, *optional*, defaults to `True`):
+                Whether to return a [`ScoreVAEInversionOutput`] instead of a tuple `(latents, latent_codes)`.
+
+        Returns:
+            [`ScoreVAEInversionOutput`] or `tuple`: the initial noise x_T and the codes.
+        """
+        # 1. check inputs
+        check_invertible(self.scheduler)
+        self.check_inputs(None, latent_codes, 1, num_inference_steps, guidance_scale, "pt", None)
+        check_encoder_matches_unet(self.encoder, self.unet)
+        if not isinstance(num_fixed_point_iterations, int) or num_fixed_point_iterations < 0:
+            raise ValueError(
+                f"num_fixed_point_iterations must be a non-negative integer, got {num_fixed_point_iterations!r}."
+            )
+        if self.scheduler.config.clip_sample or self.scheduler.config.thresholding:
+            logger.warning(
+                "The scheduler clips or thresholds x̂_0 but the inversion does not: set clip_sample=False and "
+                "thresholding=False on the DDIMScheduler for an exact round trip."
+            )
+
+        # 2. encode the images, or take the given codes
+        sample = self.preprocess(image)  # float32: the inversion's arithmetic stays in full precision
+        latent_codes = self.encode(image) if latent_codes is None else self.prepare_latent_codes(latent_codes)
+        if latent_codes.shape[0] != sample.shape[0]:
+            raise ValueError(
+                f"{sample.shape[0]} images but {latent_codes.shape[0]} latent_codes; pass one code per image."
+            )
+
+        # 3. the decode's DDIM steps in reverse, each solved for x_t with the conditional noise prediction
+        def epsilon_fn(x, t):
+            timesteps = t.to(x.device).expand(x.shape[0])
+            x = x.to(self.unet.dtype)
+            epsilon, _ = guided_epsilon(
+                self.unet, self.encoder, self.scheduler, x, timesteps, latent_codes, guidance_scale
+            )
+            return epsilon
+
+        latents = ddim_invert(
+            epsilon_fn, sample, self.scheduler, num_inference_steps, num_fixed_point_iterations, self.progress_bar
+        )
+        latents = (latents / self.scheduler.init_noise_sigma).to(self.unet.dtype)
+        self.maybe_free_model_hooks()
+
+        if not return_dict:
+            return (latents, latent_codes)
+        return ScoreVAEInversionOutput(latents=latents, latent_codes=latent_codes)
+
+    @torch.no_grad()
+    def bits_per_dim(
+        self,
+        image,
+        num_latent_samples: int = 1,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        num_sampled_timesteps: int | None = None,
+    ) -> torch.Tensor:
+        r"""
+        An upper bound on −log p(x) of the ScoreVAE model (the negative ELBO), in bits per dimension, per image:
+
+            −log p(x) ≤ E_q(z|x)[−log p(x | z)] + KL(q_φ(z | x) ‖ N(0, I))
+
+        with −log p(x | z) bounded by the DDPM variational bound (Ho et al. 2020, eq. 5) of the conditional model over
+        all T training steps of `scheduler.alphas_cumprod`: KL(q(x_T | x_0) ‖ N(0, I)), the per-step KLs with the
+        guided noise prediction ε̂ − σ_t ∇ log q_φ(z | x_t, λ_t) and the scheduler's `variance_type` (default
+        fixed_small, β̃_t), and a discretised Gaussian decoder for 8-bit data. Bits per dimension = nats / (C·H·W·ln 2),
+        data scaled to [-1, 1] with bins of width 2/255. Compare with [`~ScoreVAEPipeline.prior_bits_per_dim`].
+
+        The estimate is stochastic (one x_t per step and image, `num_latent_samples` codes z ~ q_φ(z | x)) and unbiased
+        for the bound; the KL term is exact.
+
+        Args:
+            image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
+                8-bit images in [0, 1] (values multiples of 1/255; anything else raises a `ValueError`).
+            num_latent_samples (`int`, *optional*, defaults to 1):
+                Codes z ~ q_φ(z | x) per image averaged in E_q[−log p(x | z)].
+            generator (`torch.Generator`, *optional*):
+                One generator for all randomness (codes, x_t, sampled timesteps).
+            batch_size (`int`, *optional*, defaults to 256):
+                (image, timestep) pairs per UNet call.
+            num_sampled_timesteps (`int`, *optional*):
+                Estimate the T−1 per-step KL terms from this many timesteps per image, drawn uniformly without
+                replacement and weighted by (T−1)/n (unbiased, faster, noisier). Defaults to all of them.
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size,)` (float64): the bound in bits per dimension.
+        """
+        # 1. check inputs
+        x_start = self._check_bound_inputs(image, generator, batch_size, num_sampled_timesteps)
+        if not isinstance(num_latent_samples, int) or num_latent_samples < 1:
+            raise ValueError(f"num_latent_samples must be a positive integer, got {num_latent_samples!r}.")
+
+        # 2. encode: q_φ(z | x_0) at the clean noise level, its KL to N(0, I), and codes z ~ q_φ(z | x_0)
+        posterior = self.encoder(x_start.to(self.encoder.dtype), self.encoder.config.clean_log_snr)
+        kl = kl_to_standard_normal(posterior.mean.double(), posterior.logvar.double())
+        mean = posterior.mean.repeat_interleave(num_latent_samples, 0)
+        std = torch.exp(0.5 * posterior.logvar).repeat_interleave(num_latent_samples, 0)
+        latent_codes = mean + std * randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
+
+        # 3. the diffusion bound on −log p(x_0 | z) of the conditional model, averaged over the codes
+        x_repeated = x_start.repeat_interleave(num_latent_samples, 0)
+        nats = self._diffusion_bound_nats(x_repeated, latent_codes, generator, batch_size, num_sampled_timesteps)
+        nats = nats.view(-1, num_latent_samples).mean(1) + kl.to(nats.device)
+        return nats_to_bits_per_dim(nats, math.prod(self.image_shape))
+
+    @torch.no_grad()
+    def prior_bits_per_dim(
+        self,
+        image,
+        generator: torch.Generator | None = None,
+        batch_size: int | None = None,
+        num_sampled_timesteps: int | None = None,
+    ) -> torch.Tensor:
+        r"""
+        The DDPM variational bound on −log p(x) of the unconditional prior alone (no encoder, no KL term), in bits per
+        dimension, per image: the same bound as [`~ScoreVAEPipeline.bits_per_dim`] with the UNet's own noise
+        prediction. Arguments as there.
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size,)` (float64): the bound in bits per dimension.
+        """
+        x_start = self._check_bound_inputs(image, generator, batch_size, num_sampled_timesteps)
+        nats = self._diffusion_bound_nats(x_start, None, generator, batch_size, num_sampled_timesteps)
+        return nats_to_bits_per_dim(nats, math.prod(self.image_shape))
+
+    def _check_bound_inputs(self, image, generator, batch_size, num_sampled_timesteps) -> torch.Tensor:
+        check_encoder_matches_unet(self.encoder, self.unet)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be one torch.Generator or None, got {type(generator).__name__}.")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+        num_kl = len(self.scheduler.alphas_cumprod) - 1
+        if num_sampled_timesteps is not None and (
+            not isinstance(num_sampled_timesteps, int) or not 1 <= num_sampled_timesteps <= num_kl
+        ):
+            raise ValueError(
+                f"num_sampled_timesteps must be an integer in [1, {num_kl}] (or None for all), got "
+                f"{num_sampled_timesteps!r}."
+            )
+        return check_8bit(self.preprocess(image))
+
+    def _diffusion_bound_nats(self, x_start, latent_codes, generator, batch_size, num_sampled_timesteps):
+        guidance_scale = 0.0 if latent_codes is None else 1.0
+
+        def epsilon_fn(sample, timesteps, rows):
+            codes = None if latent_codes is None else latent_codes[rows]
+            return guided_epsilon(self.unet, self.encoder, self.scheduler, sample, timesteps, codes, guidance_scale)
+
+        bound = DiffusionBound.from_scheduler(self.scheduler)
+        nats = diffusion_bound(
+            epsilon_fn, x_start, bound, generator, batch_size or 256, num_sampled_timesteps, self.unet.dtype
+        )
+        self.maybe_free_model_hooks()
+        return nats
 
 
 def check_encoder_matches_unet(encoder: ScoreVAEEncoder, unet: UNet2DModel):

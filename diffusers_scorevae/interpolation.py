@@ -1,0 +1,152 @@
+"""Interpolation between two images through a ScoreVAE pipeline, as diffusion autoencoders (DiffAE) do it.
+
+- `mode="z+xT"`: both images are DDIM-inverted ([`ScoreVAEPipeline.invert`]) to their codes z and initial noise x_T;
+  the codes are interpolated linearly and the noise spherically (slerp keeps x_T's norm typical of N(0, I)), then each
+  point is decoded with the same DDIM steps. The endpoints reconstruct the two images.
+- `mode="z"`: linear in z alone, every point decoded from the same fresh noise (one x_T, and for stochastic schedulers
+  the same per-step noise): what changes along the row is what z carries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import PIL.Image
+import torch
+from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
+
+from .noise import append_dims
+from .visualization import make_rows
+
+MODES = ("z+xT", "z")
+
+
+@dataclass
+class InterpolationOutput(BaseOutput):
+    """
+    Output of [`interpolate`].
+
+    Args:
+        images (`torch.Tensor` of shape `(num_points, num_channels, height, width)`):
+            The decoded interpolants in [0, 1], from image A (first) to image B (last).
+        latent_codes (`torch.Tensor` of shape `(num_points, latent_dim)`):
+            The codes z that were decoded.
+        latents (`torch.Tensor` of shape `(num_points, num_channels, height, width)`):
+            The initial noise x_T of each point (inverted and slerped, or the one shared draw).
+    """
+
+    images: torch.Tensor
+    latent_codes: torch.Tensor
+    latents: torch.Tensor
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation from `a` to `b` (`[B, ...]`) by `weight` (`[B]` in [0, 1]), per sample, over the angle
+    between the flattened vectors; linear where they are (anti)parallel to float precision."""
+    a_flat, b_flat = a.flatten(1).double(), b.flatten(1).double()
+    cos = (a_flat * b_flat).sum(1) / (a_flat.norm(dim=1) * b_flat.norm(dim=1))
+    theta = torch.arccos(cos.clamp(-1, 1))
+    w = torch.as_tensor(weight, dtype=torch.float64, device=a.device).expand(a.shape[0])
+    parallel = theta.sin() < 1e-6
+    sin_theta = torch.where(parallel, torch.ones_like(theta), theta.sin())
+    coef_a = torch.where(parallel, 1 - w, ((1 - w) * theta).sin() / sin_theta)
+    coef_b = torch.where(parallel, w, (w * theta).sin() / sin_theta)
+    return (append_dims(coef_a, a.ndim) * a.double() + append_dims(coef_b, a.ndim) * b.double()).to(a.dtype)
+
+
+def _one_image(pipe, image, name: str) -> torch.Tensor:
+    sample = pipe.preprocess(image)
+    if sample.shape[0] != 1:
+        raise ValueError(f"{name} holds {sample.shape[0]} images; interpolate takes one image at each end.")
+    return (sample + 1) / 2  # back to [0, 1], as the pipeline's methods take images
+
+
+@torch.no_grad()
+def interpolate(
+    pipe,
+    image_a,
+    image_b,
+    num_points: int = 8,
+    num_inference_steps: int = 50,
+    mode: str = "z+xT",
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> InterpolationOutput:
+    r"""
+    Decode `num_points` evenly spaced points between two images (endpoints included).
+
+    Args:
+        pipe ([`ScoreVAEPipeline`]):
+            The pipeline. `mode="z+xT"` needs its scheduler to be a `DDIMScheduler` (see [`ScoreVAEPipeline.invert`]).
+        image_a, image_b (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
+            One image each, in [0, 1].
+        num_points (`int`, *optional*, defaults to 8):
+            Number of interpolants, at weights `linspace(0, 1, num_points)`; at least 2.
+        num_inference_steps (`int`, *optional*, defaults to 50):
+            Scheduler steps of the inversion and of every decode.
+        mode (`str`, *optional*, defaults to `"z+xT"`):
+            `"z+xT"`: linear in z, spherical in the DDIM-inverted x_T. `"z"`: linear in z, one shared fresh x_T.
+        guidance_scale (`float`, *optional*, defaults to 1.0):
+            γ, the weight of the encoder's score, for the inversion and the decodes.
+        generator (`torch.Generator`, *optional*):
+            Draws the shared noise of `mode="z"` (unused by the deterministic `"z+xT"`).
+
+    Returns:
+        [`InterpolationOutput`]: images in [0, 1], codes and initial noise of every point.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode {mode!r} is not supported; choose one of {MODES}.")
+    if not isinstance(num_points, int) or num_points < 2:
+        raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}.")
+    images = torch.cat([_one_image(pipe, image_a, "image_a"), _one_image(pipe, image_b, "image_b")])
+    weights = torch.linspace(0, 1, num_points, dtype=torch.float64, device=images.device)
+
+    if mode == "z+xT":
+        inverted = pipe.invert(images, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        codes, ends = inverted.latent_codes, inverted.latents
+        latents = slerp(
+            ends[:1].expand(num_points, *ends.shape[1:]), ends[1:].expand(num_points, *ends.shape[1:]), weights
+        )
+        generators = None
+    else:
+        codes = pipe.encode(images)
+        noise = randn_tensor((1, *pipe.image_shape), generator=generator, device=images.device, dtype=pipe.unet.dtype)
+        latents = noise.expand(num_points, *noise.shape[1:]).clone()
+        # one seed, one generator per point: stochastic schedulers draw the same per-step noise for every point
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        generators = [torch.Generator().manual_seed(seed) for _ in range(num_points)]
+
+    w = append_dims(weights, codes.ndim).to(codes.dtype)
+    latent_codes = (1 - w) * codes[:1] + w * codes[1:]
+    decoded = pipe(
+        latent_codes=latent_codes,
+        latents=latents,
+        num_inference_steps=num_inference_steps,
+        guidance_scale=guidance_scale,
+        generator=generators,
+        output_type="pt",
+    ).images
+    return InterpolationOutput(images=decoded, latent_codes=latent_codes, latents=latents)
+
+
+def interpolation_grid(
+    pipe,
+    image_a,
+    image_b,
+    num_points: int = 8,
+    num_inference_steps: int = 50,
+    modes: tuple[str, ...] = MODES,
+    guidance_scale: float = 1.0,
+    generator: torch.Generator | None = None,
+    scale: int = 2,
+) -> PIL.Image.Image:
+    """A labelled grid (`visualization.make_rows`): one row per mode in `modes`, each `A | interpolants | B` with the
+    two original images at its ends. Arguments as for [`interpolate`]."""
+    ends = [_one_image(pipe, image_a, "image_a").cpu(), _one_image(pipe, image_b, "image_b").cpu()]
+    labels = {"z+xT": "z lerp + x_T slerp", "z": "z lerp, shared noise"}
+    rows = []
+    for mode in modes:
+        out = interpolate(pipe, image_a, image_b, num_points, num_inference_steps, mode, guidance_scale, generator)
+        rows.append(torch.cat([ends[0], out.images.cpu(), ends[1]]))
+    return make_rows(rows, [labels[mode] for mode in modes], scale=scale)
