@@ -114,12 +114,63 @@ def cmd_evaluate(args):
         images, _ = load_fashion_mnist("test", data_dir=args.fashion_mnist_dir)
     images = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
     pipe = load_pipeline(args.pipeline, args.prior, args.scheduler, device)
-    _, _, metrics = compare(pipe, images, args, device, args.beta_vae, args.classifier)
-    _print_metrics(metrics)
+    if args.bits_per_dim:
+        metrics = bits_per_dim_metrics(pipe, images, args)
+        for key, value in metrics.items():
+            print(f"{key}: {value}")
+    else:
+        _, _, metrics = compare(pipe, images, args, device, args.beta_vae, args.classifier)
+        _print_metrics(metrics)
     if args.output is not None:
         with open(args.output, "w") as f:
             json.dump(metrics, f, indent=2)
         print(f"wrote {args.output}")
+
+
+def bits_per_dim_metrics(pipe, images: torch.Tensor, args) -> dict:
+    """Negative ELBO of ScoreVAE and the DDPM bound of the prior alone, in bits/dim, on `images` and on as many
+    uniform-noise images (which must score worse)."""
+    from tqdm.auto import tqdm
+
+    generator = torch.Generator().manual_seed(args.seed)
+    noise = torch.randint(0, 256, images.shape, generator=generator).float() / 255.0
+    results = {}
+    for name, data in (("data", images), ("uniform_noise", noise[: min(len(images), 64)])):
+        scorevae, prior = [], []
+        for start in tqdm(range(0, len(data), args.batch_size), desc=f"bits/dim ({name})"):
+            batch = data[start : start + args.batch_size]
+            kwargs = {"generator": generator, "num_sampled_timesteps": args.num_sampled_timesteps}
+            scorevae.append(pipe.bits_per_dim(batch, **kwargs).cpu())
+            prior.append(pipe.prior_bits_per_dim(batch, **kwargs).cpu())
+        scorevae, prior = torch.cat(scorevae), torch.cat(prior)
+        results[f"scorevae_bits_per_dim_{name}"] = scorevae.mean().item()
+        results[f"prior_bits_per_dim_{name}"] = prior.mean().item()
+        results[f"num_images_{name}"] = len(data)
+    results["num_sampled_timesteps"] = args.num_sampled_timesteps or "all"
+    return results
+
+
+def cmd_interpolate(args):
+    import PIL.Image
+
+    from .interpolation import interpolation_grid
+
+    device = _device(args.device)
+    pipe = load_pipeline(args.pipeline, args.prior, "ddim", device)  # z+xT needs DDIM inversion
+    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, clip_sample=False)
+    grid = interpolation_grid(
+        pipe,
+        PIL.Image.open(args.image_a),
+        PIL.Image.open(args.image_b),
+        num_points=args.num_points,
+        num_inference_steps=args.num_inference_steps,
+        guidance_scale=args.guidance_scale,
+        generator=torch.Generator().manual_seed(args.seed),
+        scale=3,
+    )
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    grid.save(args.output)
+    print(f"wrote {args.output}")
 
 
 def cmd_reconstruct(args):
@@ -187,8 +238,22 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--beta-vae", default="fashion-mnist-beta-vae")
     evaluate.add_argument("--classifier", default="fashion-mnist-classifier")
     evaluate.add_argument("--output", default=None, help="Write the metrics to this JSON file.")
+    evaluate.add_argument(
+        "--bits-per-dim", action="store_true", help="Report the likelihood bounds (bits/dim) instead of reconstructions."
+    )
+    evaluate.add_argument(
+        "--num-sampled-timesteps", type=int, default=None, help="Estimate the bound from this many of the T steps."
+    )
     _add_decoding_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
+
+    interpolate = sub.add_parser("interpolate", help="Interpolate between two images (z lerp + x_T slerp, and z alone).")
+    interpolate.add_argument("image_a")
+    interpolate.add_argument("image_b")
+    interpolate.add_argument("--num-points", type=int, default=8)
+    interpolate.add_argument("--output", required=True, help="PNG file for the labelled grid.")
+    _add_decoding_args(interpolate)
+    interpolate.set_defaults(func=cmd_interpolate, num_inference_steps=50)
 
     reconstruct = sub.add_parser("reconstruct", help="Reconstruct your own images (sized like the pipeline's prior).")
     reconstruct.add_argument("images", nargs="+")

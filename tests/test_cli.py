@@ -74,3 +74,27 @@ def test_reconstruct_own_images_and_errors(tmp_path, capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "diffusers_scorevae.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout and "reconstruct" in result.stdout
+
+
+def test_interpolate_writes_a_grid(tmp_path):
+    images, _ = bundled_test_images()
+    PIL.Image.fromarray(images[0]).save(tmp_path / "a.png")
+    PIL.Image.fromarray(images[1]).save(tmp_path / "b.png")
+    output = tmp_path / "grid.png"
+    args = ["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--num-points", "3"]
+    assert main(args + ["--num-inference-steps", "3", "--output", str(output)]) == 0
+    width, height = PIL.Image.open(output).size
+    assert width > 5 * 28 * 3 and height >= 2 * 28 * 3  # A | 3 points | B, two labelled rows
+
+
+def test_evaluate_bits_per_dim(tmp_path, monkeypatch):
+    images, labels = bundled_test_images()
+    import diffusers_scorevae.data as data
+
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda split, data_dir=None: (images, labels))
+    output = tmp_path / "bpd.json"
+    args = ["evaluate", "--bits-per-dim", "--num-images", "2", "--num-sampled-timesteps", "4", "--output", str(output)]
+    assert main(args) == 0
+    metrics = json.load(open(output))
+    assert metrics["num_images_data"] == 2
+    assert all(np.isfinite(metrics[k]) for k in metrics if "bits_per_dim" in k)
