@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The CPU measurements of the bundled model reported in the README (runs on 2 cores in ~25 minutes).
+# N images from the start of the Fashion-MNIST test set; results under runs/eval/.
+set -eu
+N=${N:-256}
+NS=${NS:-64}
+mkdir -p runs/eval
+stamp() { echo "[$(date +%H:%M:%S)] $*"; }
+stamp "defaults (DDPM 250, guidance 4) vs beta-VAE, $N images"
+scorevae evaluate --num-images $N --output runs/eval/defaults.json
+stamp "steps and guidance sweeps, $NS images"
+python examples/evaluate_scorevae.py --pipelines diffusers_scorevae/pretrained/fashion-mnist \
+  --classifier diffusers_scorevae/pretrained/fashion-mnist-classifier --num_images $NS --batch_size $NS \
+  --settings ddpm:10:4 ddpm:25:4 ddpm:50:4 ddpm:100:4 ddpm:1000:4 ddpm:250:0.5 ddpm:250:1 ddpm:250:2 ddpm:250:4 \
+  ddim:50:4:noclip ddim:50:1:noclip --output runs/eval/sweep.json
+stamp "prior swap, $NS images"
+python examples/evaluate_scorevae.py --pipelines diffusers_scorevae/pretrained/fashion-mnist \
+  --prior diffusers_scorevae/pretrained/fashion-mnist-prior-large \
+  --classifier diffusers_scorevae/pretrained/fashion-mnist-classifier --num_images $NS --batch_size $NS \
+  --settings ddpm:250:4 ddpm:250:1 --output runs/eval/swap.json
+stamp "bits/dim, $NS images, 100 sampled timesteps"
+scorevae evaluate --bits-per-dim --num-images $NS --num-sampled-timesteps 100 --batch-size $NS --output runs/eval/bpd.json
+stamp "learning curve"
+python scripts/eval_curve.py --prior runs/gpu/prior --encoders runs/encoder-curve --log runs/encoder-fmnist/train_log.jsonl \
+  --num_images 64 --every 500 | tee runs/eval/curve.md
+stamp done
+stamp "inversion PSNR vs steps, 16 images"
+python - <<'PY' | tee runs/eval/inversion.md
+import torch
+from diffusers import DDIMScheduler
+from diffusers_scorevae import ScoreVAEPipeline, pretrained_path
+from diffusers_scorevae.bundled import bundled_test_images
+from diffusers_scorevae.metrics import psnr
+
+pipe = ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist"))
+pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+pipe.set_progress_bar_config(disable=True)
+images = torch.from_numpy(bundled_test_images()[0][:16]).float()[:, None] / 255.0
+print("| DDIM steps | PSNR, inverted x_T (dB) | PSNR, random x_T (dB) |\n|---|---|---|")
+for steps in (25, 50, 100, 250):
+    inv = pipe.invert(images, num_inference_steps=steps)
+    exact = pipe(latent_codes=inv.latent_codes, latents=inv.latents, num_inference_steps=steps, output_type="pt").images
+    fresh = pipe(latent_codes=inv.latent_codes, num_inference_steps=steps, generator=torch.manual_seed(0), output_type="pt").images
+    print(f"| {steps} | {psnr(images, exact).mean():.2f} | {psnr(images, fresh).mean():.2f} |", flush=True)
+PY
+stamp "inversion done"
