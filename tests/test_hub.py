@@ -343,7 +343,7 @@ def test_pipeline_from_repo_id_in_a_fresh_process(hub, tmp_path):
     )
     env = {**os.environ, "HF_HUB_CACHE": str(hub.cache), "HF_HOME": str(tmp_path), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_TOKEN", None)
-    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split() == ["ScoreVAEPipeline", "ScoreVAEPipeline", "DDPMScheduler"]
 
@@ -550,7 +550,7 @@ def test_training_script_push_to_hub(hub, tmp_path):
         """
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home"), "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([sys.executable, "-c", wrapper], env=env, capture_output=True, text=True, timeout=240)
+    result = subprocess.run([sys.executable, "-c", wrapper], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     files = sorted(p.relative_to(uploaded).as_posix() for p in uploaded.rglob("*") if p.is_file())
     assert "encoder/diffusion_pytorch_model.safetensors" in files and "README.md" in files
