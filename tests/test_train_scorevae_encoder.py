@@ -99,7 +99,7 @@ def test_sigkill_then_resume_reaches_the_same_weights(prior_and_images, tmp_path
         stderr=subprocess.DEVNULL,
         env=env,
     )
-    deadline = time.time() + 120
+    deadline = time.time() + 900
     while not os.path.isdir(killed_dir / "checkpoint-20") and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
