@@ -55,10 +55,9 @@ def parse_args(input_args=None):
     return parser.parse_args(input_args)
 
 
-def build_pipeline(args) -> ScoreVAEPipeline:
-    """google/ddpm-cifar10-32's UNet architecture with random weights, the default encoder, DDIM."""
-    torch.manual_seed(args.seed)
-    unet = UNet2DModel(
+def cifar10_unet() -> UNet2DModel:
+    """google/ddpm-cifar10-32's UNet architecture (35.7M parameters) with random weights."""
+    return UNet2DModel(
         sample_size=32,
         in_channels=3,
         out_channels=3,
@@ -67,6 +66,12 @@ def build_pipeline(args) -> ScoreVAEPipeline:
         down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
     )
+
+
+def build_pipeline(args) -> ScoreVAEPipeline:
+    """google/ddpm-cifar10-32's UNet architecture with random weights, the default encoder, DDIM."""
+    torch.manual_seed(args.seed)
+    unet = cifar10_unet()
     encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
     torch.nn.init.normal_(encoder.proj_out.weight, std=1e-3)  # a non-zero score, as a trained encoder has
     pipe = ScoreVAEPipeline(unet=unet, scheduler=DDIMScheduler(), encoder=encoder).to(args.device)

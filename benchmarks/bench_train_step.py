@@ -14,22 +14,15 @@ import statistics
 import time
 
 import torch
-from diffusers import DDPMScheduler, UNet2DModel
+from bench_decode import cifar10_unet  # the benchmarks' folder is on sys.path when run as a script
+from diffusers import DDPMScheduler
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline, pretrained_path, scorevae_loss
 
 
 def build(model: str):
     if model == "cifar10":
-        unet = UNet2DModel(
-            sample_size=32,
-            in_channels=3,
-            out_channels=3,
-            block_out_channels=(128, 256, 256, 256),
-            layers_per_block=2,
-            down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-            up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-        )
+        unet = cifar10_unet()
         return unet, DDPMScheduler(), ScoreVAEEncoder(32, 3, 384)
     pipe = ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist"))
     return pipe.unet, DDPMScheduler.from_config(pipe.scheduler.config), pipe.encoder

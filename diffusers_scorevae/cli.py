@@ -41,11 +41,7 @@ def load_pipeline(pipeline: str, prior: str | None, scheduler: str | None, devic
 
     pipe = ScoreVAEPipeline.from_pretrained(resolve(pipeline))
     if prior is not None:
-        path = resolve(prior)
-        unet = diffusers.UNet2DModel.from_pretrained(path, subfolder="unet")
-        config = diffusers.DDPMScheduler.load_config(path, subfolder="scheduler")
-        prior_scheduler = getattr(diffusers, config.get("_class_name", "DDPMScheduler")).from_config(config)
-        pipe = ScoreVAEPipeline(unet=unet, scheduler=prior_scheduler, encoder=pipe.encoder)
+        pipe = ScoreVAEPipeline.from_pretrained(resolve(prior), encoder=pipe.encoder)
     if scheduler is not None:
         classes = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}
         pipe.scheduler = classes[scheduler].from_config(pipe.scheduler.config)

@@ -19,7 +19,6 @@ import time
 
 import diffusers
 import torch
-from diffusers import UNet2DModel
 
 from diffusers_scorevae import ScoreVAEPipeline
 from diffusers_scorevae.data import FASHION_MNIST_DIR, load_fashion_mnist
@@ -79,10 +78,7 @@ def main(args):
     for path in args.pipelines:
         pipe = ScoreVAEPipeline.from_pretrained(path)
         if args.prior is not None:
-            unet = UNet2DModel.from_pretrained(args.prior, subfolder="unet")
-            config = diffusers.DDPMScheduler.load_config(args.prior, subfolder="scheduler")
-            scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
-            pipe = ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=pipe.encoder)
+            pipe = ScoreVAEPipeline.from_pretrained(args.prior, encoder=pipe.encoder)
         pipe.to(device)
         base_config = pipe.scheduler.config
         for setting in args.settings:

@@ -12,18 +12,11 @@ import shutil
 
 import diffusers
 import numpy as np
-from safetensors.torch import load_file, save_file
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.bundled import PRETRAINED_DIR
 from diffusers_scorevae.data import load_fashion_mnist
-
-
-def to_fp16(folder):
-    for path in glob.glob(os.path.join(folder, "**", "*.safetensors"), recursive=True):
-        tensors = load_file(path)
-        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
-        save_file(tensors, path, metadata={"format": "pt"})
+from to_fp16 import to_fp16  # scripts/ is on sys.path when run as a script
 
 
 def copy_model(src, name):
