@@ -7,29 +7,13 @@ import pytest
 import torch
 from conftest import make_encoder, make_unet
 from diffusers import DDPMScheduler
-from diffusers.models.unets.unet_2d import UNet2DOutput
-from test_closed_form import M, S, GaussianProblem
+from test_closed_form import GaussianProblem, M, S
+from test_inversion import exact_prior_unet  # the exact §6 prior for per-sample timesteps
 
 from diffusers_scorevae import scorevae_loss
 from diffusers_scorevae.models.encoder import ScoreVAEEncoderOutput
-from diffusers_scorevae.noise import alpha_sigma_from_log_snr, append_dims, epsilon_to_model_output, scheduler_log_snr
+from diffusers_scorevae.noise import alpha_sigma_from_log_snr
 from diffusers_scorevae.training import loss_weight
-
-
-def batched_exact_prior(problem, scheduler):
-    """The exact prior of the §6 problem for a batch of (integer) training timesteps."""
-    unet = problem.exact_prior_unet(scheduler)
-
-    def forward(sample, timestep, *args, return_dict=True, **kwargs):
-        alpha, sigma = alpha_sigma_from_log_snr(scheduler_log_snr(scheduler, timestep))
-        alpha, sigma = append_dims(alpha, sample.ndim), append_dims(sigma, sample.ndim)
-        x = sample.double()
-        epsilon = sigma * (x - alpha * M) / (alpha**2 * S**2 + sigma**2)
-        out = epsilon_to_model_output(epsilon, x, alpha, sigma, scheduler.config.prediction_type).float()
-        return UNet2DOutput(sample=out) if return_dict else (out,)
-
-    unet.forward = forward
-    return unet
 
 
 def perturbed(encoder, kind: str, clean_log_snr: float):
@@ -59,7 +43,7 @@ def perturbed(encoder, kind: str, clean_log_snr: float):
 def test_exact_encoder_has_the_lowest_expected_loss(loss_weighting, prediction_type):
     problem = GaussianProblem()
     scheduler = DDPMScheduler(prediction_type=prediction_type, clip_sample=False)
-    unet = batched_exact_prior(problem, scheduler)
+    unet = exact_prior_unet(scheduler)
     data = (M + S * torch.randn(4096, 1, 4, 4, generator=torch.Generator().manual_seed(1))).clamp(-1, 1)
 
     def expected_loss(encoder):
@@ -81,7 +65,7 @@ def test_exact_encoder_has_the_lowest_expected_loss(loss_weighting, prediction_t
 def test_exact_encoder_explains_part_of_the_prior_loss():
     problem = GaussianProblem()
     scheduler = DDPMScheduler(clip_sample=False)
-    unet = batched_exact_prior(problem, scheduler)
+    unet = exact_prior_unet(scheduler)
     data = M + S * torch.randn(2048, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     out = scorevae_loss(problem.exact_encoder(), unet, scheduler, data, generator=torch.Generator().manual_seed(0))
     # the encoder term removes the part of the denoising error that z explains
@@ -146,7 +130,7 @@ def test_importance_sampling_keeps_the_expectation():
     """Drawing t ∝ p(t) and weighting by 1/(T p(t)) estimates the same objective as uniform t."""
     problem = GaussianProblem()
     scheduler = DDPMScheduler(clip_sample=False)
-    unet = batched_exact_prior(problem, scheduler)
+    unet = exact_prior_unet(scheduler)
     encoder = problem.exact_encoder()
     data = M + S * torch.randn(8192, 1, 4, 4, generator=torch.Generator().manual_seed(0))
     probs = loss_weight(scheduler, torch.arange(1000), "likelihood")
