@@ -19,9 +19,14 @@ Memory:
     On a shared CPU the wall-clock times are noisy; the process CPU time (`time.process_time`, all threads of this
     process) is reported beside them and is less disturbed by other processes.
 
-Targets (issue 3): time ratio <= 1.3, memory ratio <= 1.5.
+`--pipeline NAME|PATH|ID` measures a trained ScoreVAEPipeline instead (e.g. the bundled `fashion-mnist`, issue 5):
+its own UNet, encoder and scheduler, ScoreVAE decoding at the guidance scale the command uses by default (4; the
+cost does not depend on the scale) against unconditional sampling with its own prior.
+
+Targets (issues 3 and 5): time ratio <= 1.3, memory ratio <= 1.5.
 
     python benchmarks/bench_decode.py --batch_size 4 --num_inference_steps 10 --device cpu --repeats 3
+    python benchmarks/bench_decode.py --pipeline fashion-mnist --batch_size 64 --num_inference_steps 250
 """
 
 from __future__ import annotations
@@ -50,6 +55,8 @@ def parse_args(input_args=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent_dim", type=int, default=384)
+    parser.add_argument("--pipeline", default=None, help="A trained ScoreVAEPipeline: bundled name, folder or Hub id.")
+    parser.add_argument("--guidance_scale", type=float, default=None, help="Default: 1, or 4 with --pipeline.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory_worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one CPU memory run
     return parser.parse_args(input_args)
@@ -69,7 +76,13 @@ def cifar10_unet() -> UNet2DModel:
 
 
 def build_pipeline(args) -> ScoreVAEPipeline:
-    """google/ddpm-cifar10-32's UNet architecture with random weights, the default encoder, DDIM."""
+    """google/ddpm-cifar10-32's UNet architecture with random weights, the default encoder, DDIM; or `--pipeline`."""
+    if args.pipeline is not None:
+        from diffusers_scorevae.cli import resolve
+
+        pipe = ScoreVAEPipeline.from_pretrained(resolve(args.pipeline)).to(args.device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
     torch.manual_seed(args.seed)
     unet = cifar10_unet()
     encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
@@ -80,7 +93,9 @@ def build_pipeline(args) -> ScoreVAEPipeline:
 
 
 def decode(pipe: ScoreVAEPipeline, args, mode: str, latent_codes: torch.Tensor):
-    guidance_scale = 1.0 if mode == "scorevae" else 0.0
+    if args.guidance_scale is None:
+        args.guidance_scale = 4.0 if args.pipeline is not None else 1.0
+    guidance_scale = args.guidance_scale if mode == "scorevae" else 0.0
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     return pipe(
         latent_codes=latent_codes,
@@ -163,6 +178,8 @@ def cpu_memory(args) -> dict[str, dict[str, float]]:
         command = [sys.executable, __file__, "--memory_worker", mode, "--device", args.device]
         command += ["--batch_size", str(args.batch_size), "--num_inference_steps", str(args.num_inference_steps)]
         command += ["--latent_dim", str(args.latent_dim), "--seed", str(args.seed)]
+        if args.pipeline is not None:
+            command += ["--pipeline", args.pipeline, "--guidance_scale", str(args.guidance_scale)]
         result = subprocess.run(command, check=True, capture_output=True, text=True)
         memory[mode] = json.loads(result.stdout.strip().splitlines()[-1])
     return memory
@@ -176,11 +193,16 @@ def main(args):
     unet_params = sum(p.numel() for p in pipe.unet.parameters())
     encoder_params = sum(p.numel() for p in pipe.encoder.parameters())
     print(f"device: {args.device}" + (f" ({torch.cuda.get_device_name()})" if args.device.startswith("cuda") else ""))
-    print(f"UNet (google/ddpm-cifar10-32 architecture): {unet_params / 1e6:.1f}M parameters")
-    print(f"encoder ScoreVAEEncoder(32, 3, {args.latent_dim}): {encoder_params / 1e6:.2f}M parameters")
-    print(f"scheduler: DDIM, {args.num_inference_steps} steps, batch {args.batch_size}, {args.repeats} repeats")
-    if abs(unet_params / 1e6 - 35.7) > 0.1:
-        raise RuntimeError(f"the UNet has {unet_params} parameters, not google/ddpm-cifar10-32's 35.7M")
+    if args.pipeline is None:
+        print(f"UNet (google/ddpm-cifar10-32 architecture): {unet_params / 1e6:.1f}M parameters")
+        print(f"encoder ScoreVAEEncoder(32, 3, {args.latent_dim}): {encoder_params / 1e6:.2f}M parameters")
+        if abs(unet_params / 1e6 - 35.7) > 0.1:
+            raise RuntimeError(f"the UNet has {unet_params} parameters, not google/ddpm-cifar10-32's 35.7M")
+    else:
+        args.latent_dim = pipe.encoder.config.latent_dim
+        print(f"pipeline {args.pipeline}: UNet {unet_params / 1e6:.2f}M, encoder {encoder_params / 1e6:.2f}M parameters")
+    scheduler_name = type(pipe.scheduler).__name__
+    print(f"scheduler: {scheduler_name}, {args.num_inference_steps} steps, batch {args.batch_size}, {args.repeats} repeats")
 
     latent_codes = torch.randn(args.batch_size, args.latent_dim, generator=torch.Generator().manual_seed(1))
     latent_codes = latent_codes.to(args.device)

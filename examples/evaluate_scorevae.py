@@ -93,6 +93,8 @@ def main(args):
             entry["clip_sample"] = pipe.scheduler.config.get("clip_sample")
             results.setdefault("scorevae", {}).setdefault(path, {})[setting] = entry
             print(path, setting, entry, flush=True)
+            with open(args.output, "w") as f:  # after every setting, so an interrupted run keeps what it measured
+                json.dump(results, f, indent=2)
             if args.save_reconstructions:
                 from diffusers_scorevae.visualization import save_rows
 

@@ -57,6 +57,14 @@ def parse_args(input_args=None):
     parser.add_argument("--cache_dir", type=str, default=None, help="Cache folder for `--dataset_name`.")
     parser.add_argument("--random_flip", action="store_true", help="Randomly flip training images horizontally.")
     parser.add_argument("--output_dir", type=str, default="ddpm-fashion-mnist-28")
+    parser.add_argument(
+        "--init_unet",
+        type=str,
+        default=None,
+        help="Start a new run from the weights of a trained prior (a DDPMPipeline folder with unet/ and scheduler/, "
+        "e.g. one this script wrote): its architecture and noise schedule must equal the arguments'. Its "
+        "train_log.jsonl, when present, gives the steps already done, and the log counts `total_steps` from there.",
+    )
     # model
     parser.add_argument("--block_out_channels", type=str, default="32,64,128", help="Comma list, one per level.")
     parser.add_argument("--layers_per_block", type=int, default=1)
@@ -239,11 +247,32 @@ def main(args):
         check_same_config(
             noise_scheduler, DDPMScheduler.load_config(os.path.join(checkpoint_dir, "scheduler")), "scheduler"
         )
+    init_steps = 0
+    if args.init_unet is not None and not resume:
+        init_folder = args.init_unet
+        if os.path.isdir(os.path.join(init_folder, "unet")):
+            unet_folder, scheduler_folder = os.path.join(init_folder, "unet"), os.path.join(init_folder, "scheduler")
+        else:
+            unet_folder, scheduler_folder = init_folder, None
+        if not os.path.isfile(os.path.join(unet_folder, "config.json")):
+            raise ValueError(f"`--init_unet` {args.init_unet} holds neither unet/config.json nor config.json.")
+        saved = UNet2DModel.from_pretrained(unet_folder)
+        check_same_config(model, saved.config, "--init_unet UNet")
+        model.load_state_dict({key: value.float() for key, value in saved.state_dict().items()})
+        if scheduler_folder is not None and os.path.isdir(scheduler_folder):
+            check_same_config(noise_scheduler, DDPMScheduler.load_config(scheduler_folder), "--init_unet scheduler")
+        log_path = os.path.join(init_folder, "train_log.jsonl")
+        if os.path.isfile(log_path):
+            with open(log_path) as f:
+                lines = [json.loads(line) for line in f if line.strip()]
+            if lines:
+                init_steps = int(lines[-1].get("total_steps", lines[-1]["step"]))
+        logger.info(f"Initialised from {args.init_unet} ({init_steps} steps already done)")
     model.to(device)
     model.train()
 
     # 4. EMA: its weights are a UNet folder in the checkpoint, its counters in training_state.json
-    state = {"step": 0, "wall_seconds": 0.0, "images_seen": 0}
+    state = {"step": 0, "wall_seconds": 0.0, "images_seen": 0, "init_unet": args.init_unet, "init_steps": init_steps}
     if resume:
         with open(os.path.join(checkpoint_dir, "training_state.json")) as f:
             state = json.load(f)
@@ -335,6 +364,7 @@ def main(args):
 
         line = {
             "step": state["step"],
+            "total_steps": state.get("init_steps", 0) + state["step"],
             "loss": loss_mean,
             "wall_seconds": round(state["wall_seconds"], 2),
             "images_seen": state["images_seen"],

@@ -598,8 +598,8 @@ def main(args):
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
-            for key in ("loss", "score_loss", "prior_loss", "kl"):
-                running[key] += getattr(out, key).item()
+            for key in ("loss", "score_loss", "prior_loss", "kl"):  # summed on the device: no sync per step
+                running[key] = running[key] + getattr(out, key).detach().float()
             running["n"] += 1
 
             if accelerator.sync_gradients:
@@ -607,21 +607,24 @@ def main(args):
                     ema_encoder.step(encoder.parameters())
                 global_step += 1
                 progress_bar.update(1)
-                logs = {k: running[k] / running["n"] for k in ("loss", "score_loss", "prior_loss", "kl")}
-                logs.update(lr=lr_scheduler.get_last_lr()[0], beta=beta)
-                if ema_encoder is not None:
-                    logs["ema_decay"] = ema_encoder.cur_decay_value
-                progress_bar.set_postfix(loss=f"{logs['loss']:.4g}", kl=f"{logs['kl']:.3g}")
                 if global_step % args.logging_steps == 0:
+                    logs = {k: float(running[k]) / running["n"] for k in ("loss", "score_loss", "prior_loss", "kl")}
+                    logs.update(lr=lr_scheduler.get_last_lr()[0], beta=beta)
+                    if ema_encoder is not None:
+                        logs["ema_decay"] = ema_encoder.cur_decay_value
+                    progress_bar.set_postfix(loss=f"{logs['loss']:.4g}", kl=f"{logs['kl']:.3g}")
                     accelerator.log(logs, step=global_step)
                     if accelerator.is_main_process:
                         with open(log_path, "a") as f:
                             f.write(json.dumps({"step": global_step, **logs}) + "\n")
                     running = {k: 0.0 for k in running} | {"n": 0}
 
-                if args.max_train_minutes is not None:  # every process must agree before a collective checkpoint
-                    late = torch.tensor(float(time.time() - start_time > 60 * args.max_train_minutes))
-                    out_of_time = accelerator.reduce(late.to(accelerator.device), reduction="sum").item() > 0
+                if args.max_train_minutes is not None:
+                    late = time.time() - start_time > 60 * args.max_train_minutes
+                    if accelerator.num_processes > 1:  # every process must agree before a collective checkpoint
+                        late = torch.tensor(float(late), device=accelerator.device)
+                        late = accelerator.reduce(late, reduction="sum").item() > 0
+                    out_of_time = late
                 if global_step % args.checkpointing_steps == 0 or global_step >= max_train_steps or out_of_time:
                     checkpoint(global_step)
                 if args.validation_steps and global_step % args.validation_steps == 0 and accelerator.is_main_process:

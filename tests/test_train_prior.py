@@ -92,6 +92,29 @@ def test_recovers_from_kill_between_renames(tmp_path):
     assert sorted(os.listdir(output_dir)) == ["checkpoint", "model_index.json", "scheduler", "train_log.jsonl", "unet"]
 
 
+def test_init_unet_continues_from_trained_weights(tmp_path):
+    """--init_unet starts a new run from a finished one's weights (fp16 on disk is fine) and counts total steps."""
+    data_dir, first, second = str(tmp_path / "data"), str(tmp_path / "first"), str(tmp_path / "second")
+    write_fashion_mnist(data_dir)
+    common = TINY + ["--fashion_mnist_dir", data_dir]
+    train_prior.main(train_prior.parse_args(common + ["--output_dir", first, "--max_train_steps", "3"]))
+    trained = DDPMPipeline.from_pretrained(first).unet
+    trained.to(torch.float16).save_pretrained(os.path.join(first, "unet"))  # as the bundle stores it
+
+    # zero steps with a learning rate of 0 keeps the loaded weights exactly
+    args = common + ["--output_dir", second, "--init_unet", first, "--max_train_steps", "1", "--learning_rate", "0"]
+    train_prior.main(train_prior.parse_args(args))
+    continued = DDPMPipeline.from_pretrained(second).unet
+    assert continued.dtype == torch.float32
+    for (name, a), b in zip(trained.state_dict().items(), continued.state_dict().values()):
+        torch.testing.assert_close(a.float(), b, msg=name)
+    assert read_log(second)[-1]["total_steps"] == 3 + 1
+
+    with pytest.raises(ValueError, match="init_unet"):
+        bad = common + ["--output_dir", str(tmp_path / "bad"), "--init_unet", first, "--max_train_steps", "1"]
+        train_prior.main(train_prior.parse_args(bad + ["--prediction_type", "v_prediction"]))
+
+
 def test_bad_attention_level():
     with pytest.raises(ValueError, match="attention_levels"):
         train_prior.parse_args(["--block_out_channels", "8,16", "--attention_levels", "2"])
