@@ -6,18 +6,20 @@ set -eu
 N=${N:-0}
 NS=${NS:-96}
 SWEEP=${SWEEP:-"ddpm:1000:4 ddpm:250:0.5 ddpm:250:1 ddpm:250:2 ddpm:250:4"}
-SWAP=${SWAP:-"ddpm:250:4 ddpm:250:2 ddpm:250:1 ddpm:1000:4"}
+SWAP=${SWAP-"ddpm:250:4 ddpm:250:2 ddpm:250:1"}
 mkdir -p runs/eval
 stamp() { echo "[$(date +%H:%M:%S)] $*"; }
 if [ "$N" -gt 0 ]; then
   stamp "defaults (DDPM 250, guidance 4) vs beta-VAE, $N images"
   scorevae evaluate --num-images $N --output runs/eval/defaults.json
 fi
-stamp "prior swap, $NS images"
-python examples/evaluate_scorevae.py --pipelines diffusers_scorevae/pretrained/fashion-mnist \
-  --prior diffusers_scorevae/pretrained/fashion-mnist-prior-large \
-  --classifier diffusers_scorevae/pretrained/fashion-mnist-classifier --num_images $NS --batch_size $NS \
-  --settings $SWAP --output runs/eval/swap.json
+if [ -n "$SWAP" ]; then
+  stamp "prior swap, $NS images"
+  python examples/evaluate_scorevae.py --pipelines diffusers_scorevae/pretrained/fashion-mnist \
+    --prior diffusers_scorevae/pretrained/fashion-mnist-prior-large \
+    --classifier diffusers_scorevae/pretrained/fashion-mnist-classifier --num_images $NS --batch_size $NS \
+    --settings $SWAP --output runs/eval/swap.json
+fi
 stamp "steps and guidance sweeps, $NS images"
 python examples/evaluate_scorevae.py --pipelines diffusers_scorevae/pretrained/fashion-mnist \
   --classifier diffusers_scorevae/pretrained/fashion-mnist-classifier --num_images $NS --batch_size $NS \
