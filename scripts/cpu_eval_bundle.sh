@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CPU measurements of the bundled model reported in the README (2 cores, ~45 minutes with the defaults).
+# The CPU measurements of the bundled model reported in the README (2 cores, about 65 minutes with the defaults).
 # Images from the start of the Fashion-MNIST test set; results under runs/eval/. The full-test-set numbers and the
 # 10-250-step sweep come from the GPU run (scripts/gpu_continue_bundle.sh); N=256 adds `scorevae evaluate` here.
 set -eu
@@ -26,6 +26,8 @@ python examples/evaluate_scorevae.py --pipelines diffusers_scorevae/pretrained/f
   --settings $SWEEP --output runs/eval/sweep.json
 stamp "bits/dim, $NS images, 100 sampled timesteps"
 scorevae evaluate --bits-per-dim --num-images $NS --num-sampled-timesteps 100 --batch-size $NS --output runs/eval/bpd.json
+stamp "bits/dim, 48 images, all 1000 timesteps"
+scorevae evaluate --bits-per-dim --num-images 48 --batch-size 48 --output runs/eval/bpd_all.json
 stamp "inversion PSNR vs steps, 16 images"
 python - <<'PY' | tee runs/eval/inversion.md
 import torch
