@@ -53,6 +53,7 @@ wait
 stamp "phase 1 done"
 tail -n 2 $W/*.log
 for f in $W/prior_large/train_log.jsonl $W/enc_b256/train_log.jsonl $W/enc_b512/train_log.jsonl; do tail -n 1 $f; done
+$PY scripts/to_fp16.py $W/prior_large/unet  # fp32 (26 MB) exceeds what comes back from the GPU machine; checkpoint/ keeps fp32
 tar --ignore-failed-read -czf $OUT/prior_large.tgz -C $W prior_large/unet prior_large/scheduler \
   prior_large/model_index.json prior_large/train_log.jsonl prior_large.log
 tar --ignore-failed-read -czf $OUT/encoders.tgz -C $W enc_b256/encoder enc_b256/train_log.jsonl enc_b256.log \
