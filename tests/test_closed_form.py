@@ -24,7 +24,7 @@ from diffusers.models.unets.unet_2d import UNet2DOutput
 
 from diffusers_scorevae import ScoreVAEPipeline
 from diffusers_scorevae.models.encoder import ScoreVAEEncoderOutput
-from diffusers_scorevae.noise import alpha_sigma_from_log_snr, epsilon_to_model_output, scheduler_log_snr
+from diffusers_scorevae.noise import alpha_sigma_from_log_snr, append_dims, epsilon_to_model_output, scheduler_log_snr
 
 SHAPE = (1, 4, 4)  # (channels, height, width)
 D, K = 16, 4  # data and latent dimensions
@@ -32,6 +32,48 @@ D, K = 16, 4  # data and latent dimensions
 # [-1, 1], yet not so small that the samplers' own discretisation at low noise dominates (DDPM with 1000 steps of the
 # linear schedule under-disperses by ~5% here, by ~8% at s = 0.15, s_0 = 0.1; see test (a)).
 M, S, S0 = 0.1, 0.2, 0.15  # data mean and standard deviation, encoder noise s_0
+
+
+# Exact Gaussian components (MATH.md §6), for scalar timesteps and for per-sample timesteps `[N]` as the inversion,
+# the bound and the training loss pass them.
+
+
+def exact_prior_unet(scheduler, mean: float = M, std: float = S):
+    """A tiny UNet2DModel whose forward is the exact prior of N(mean, std² I): ε̂ = σ (x_t − α m) / (α² s² + σ²)."""
+    unet = make_unet(1, sample_size=SHAPE[1])
+
+    def forward(sample, timestep, *args, return_dict=True, **kwargs):
+        alpha, sigma = alpha_sigma_from_log_snr(scheduler_log_snr(scheduler, timestep))
+        x = sample.double()
+        a, s = append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
+        epsilon = s * (x - a * mean) / (a**2 * std**2 + s**2)
+        out = epsilon_to_model_output(epsilon, x, alpha, sigma, scheduler.config.prediction_type).float()
+        return UNet2DOutput(sample=out) if return_dict else (out,)
+
+    unet.forward = forward
+    return unet
+
+
+def exact_encoder(A, b, scale: float, s0: float, clean_log_snr: float = 10.0):
+    """A tiny ScoreVAEEncoder whose forward is the exact q(z | x_t) of the encoder
+    q(z | x_0) = N(scale · A (x_0 − m) + b, s0² I) over data N(m, s² I):
+    N(scale · A (E[x_0 | x_t] − m) + b, (scale² c_t + s0²) I). MATH §6 is scale = 1 with b → b + A m."""
+    encoder = make_encoder(1, sample_size=SHAPE[1], latent_dim=A.shape[0], random_head=False)
+    encoder.register_to_config(clean_log_snr=clean_log_snr)
+
+    def forward(sample, log_snr, return_dict=True):
+        alpha, sigma = alpha_sigma_from_log_snr(torch.as_tensor(log_snr, dtype=torch.float64))
+        alpha, sigma = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
+        x = sample.double().flatten(1)
+        denominator = alpha**2 * S**2 + sigma**2
+        posterior_mean = M + alpha * S**2 / denominator * (x - alpha * M)  # E[x_0 | x_t]
+        c_t = S**2 - alpha**2 * S**4 / denominator  # Cov[x_0 | x_t] = c_t I
+        mean = (scale * (posterior_mean - M) @ A.T + b).float()
+        logvar = torch.log(scale**2 * c_t + s0**2).expand_as(mean).float()
+        return ScoreVAEEncoderOutput(mean=mean, logvar=logvar) if return_dict else (mean, logvar)
+
+    encoder.forward = forward
+    return encoder
 
 
 class GaussianProblem:
@@ -59,36 +101,12 @@ class GaussianProblem:
 
     def exact_prior_unet(self, scheduler):
         """A real tiny UNet2DModel whose forward is the exact prior's model output: ε̂ = σ (x_t − α m)/(α² s² + σ²)."""
-        unet = make_unet(1, sample_size=4)
-
-        def forward(sample, timestep, *args, return_dict=True, **kwargs):
-            alpha, sigma = alpha_sigma_from_log_snr(scheduler_log_snr(scheduler, timestep))
-            x = sample.double()
-            epsilon = sigma * (x - alpha * M) / (alpha**2 * S**2 + sigma**2)
-            out = epsilon_to_model_output(epsilon, x, alpha, sigma, scheduler.config.prediction_type).float()
-            return UNet2DOutput(sample=out) if return_dict else (out,)
-
-        unet.forward = forward
-        return unet
+        return exact_prior_unet(scheduler)
 
     def exact_encoder(self):
         """A real tiny ScoreVAEEncoder whose forward is the exact q(z | x_t) = N(A E[x_0|x_t] + b, (c_t + s_0²) I)."""
-        encoder = make_encoder(1, sample_size=4, latent_dim=K, random_head=False)
-
-        def forward(sample, log_snr, return_dict=True):
-            alpha, sigma = alpha_sigma_from_log_snr(torch.as_tensor(log_snr, dtype=torch.float64))
-            alpha, sigma = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
-            x = sample.double().flatten(1)
-            denominator = alpha**2 * S**2 + sigma**2
-            posterior_mean = M + alpha * S**2 / denominator * (x - alpha * M)  # E[x_0 | x_t]
-            c_t = S**2 - alpha**2 * S**4 / denominator  # Cov[x_0 | x_t] = c_t I
-            mean = posterior_mean @ self.A.T + self.b
-            logvar = torch.log(c_t + S0**2).expand_as(mean)
-            mean, logvar = mean.float(), logvar.float()
-            return ScoreVAEEncoderOutput(mean=mean, logvar=logvar) if return_dict else (mean, logvar)
-
-        encoder.forward = forward
-        return encoder
+        # A x_0 + b = A (x_0 − m) + (b + A m)
+        return exact_encoder(self.A, self.b + self.A @ torch.full((D,), M, dtype=torch.float64), 1.0, S0)
 
     def pipeline(self, scheduler) -> ScoreVAEPipeline:
         pipe = ScoreVAEPipeline(

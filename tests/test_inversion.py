@@ -14,53 +14,12 @@ import torch
 from conftest import LATENT_DIM, make_encoder, make_unet
 from diffusers import DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from test_closed_form import SHAPE, GaussianProblem, M, S
+from test_closed_form import SHAPE, GaussianProblem, M, S, exact_encoder, exact_prior_unet
 
 from diffusers_scorevae import ScoreVAEInversionOutput, ScoreVAEPipeline
 from diffusers_scorevae.interpolation import InterpolationOutput, interpolate, interpolation_grid, slerp
 from diffusers_scorevae.inversion import ddim_inverse_step, ddim_step_alphas
-from diffusers_scorevae.models.encoder import ScoreVAEEncoderOutput
 from diffusers_scorevae.noise import alpha_sigma_from_log_snr, append_dims, epsilon_to_model_output, scheduler_log_snr
-
-# Exact Gaussian components (MATH.md §6), for per-sample timesteps `[N]` as the inversion and the bound pass them.
-
-
-def exact_prior_unet(scheduler, mean: float = M, std: float = S):
-    """A tiny UNet2DModel whose forward is the exact prior of N(mean, std² I): ε̂ = σ (x_t − α m) / (α² s² + σ²)."""
-    unet = make_unet(1, sample_size=SHAPE[1])
-
-    def forward(sample, timestep, *args, return_dict=True, **kwargs):
-        alpha, sigma = alpha_sigma_from_log_snr(scheduler_log_snr(scheduler, timestep))
-        x = sample.double()
-        a, s = append_dims(alpha, x.ndim), append_dims(sigma, x.ndim)
-        epsilon = s * (x - a * mean) / (a**2 * std**2 + s**2)
-        out = epsilon_to_model_output(epsilon, x, alpha, sigma, scheduler.config.prediction_type).float()
-        return UNet2DOutput(sample=out) if return_dict else (out,)
-
-    unet.forward = forward
-    return unet
-
-
-def exact_encoder(A, b, scale: float, s0: float, clean_log_snr: float = 10.0):
-    """A tiny ScoreVAEEncoder whose forward is the exact q(z | x_t) of the encoder
-    q(z | x_0) = N(scale · A (x_0 − m) + b, s0² I) over data N(m, s² I):
-    N(scale · A (E[x_0 | x_t] − m) + b, (scale² c_t + s0²) I). MATH §6 is scale = 1 with b → b + A m."""
-    encoder = make_encoder(1, sample_size=SHAPE[1], latent_dim=A.shape[0], random_head=False)
-    encoder.register_to_config(clean_log_snr=clean_log_snr)
-
-    def forward(sample, log_snr, return_dict=True):
-        alpha, sigma = alpha_sigma_from_log_snr(torch.as_tensor(log_snr, dtype=torch.float64))
-        alpha, sigma = alpha.reshape(-1, 1), sigma.reshape(-1, 1)
-        x = sample.double().flatten(1)
-        denominator = alpha**2 * S**2 + sigma**2
-        posterior_mean = M + alpha * S**2 / denominator * (x - alpha * M)  # E[x_0 | x_t]
-        c_t = S**2 - alpha**2 * S**4 / denominator  # Cov[x_0 | x_t] = c_t I
-        mean = (scale * (posterior_mean - M) @ A.T + b).float()
-        logvar = torch.log(scale**2 * c_t + s0**2).expand_as(mean).float()
-        return ScoreVAEEncoderOutput(mean=mean, logvar=logvar) if return_dict else (mean, logvar)
-
-    encoder.forward = forward
-    return encoder
 
 
 def gaussian_pipeline(scheduler, problem=None, scale: float = 1.0, s0: float = 0.15, clean_log_snr: float = 10.0):
@@ -301,36 +260,16 @@ def test_interpolate_z_and_x_T(pipe, images):
 def test_interpolate_z_with_shared_noise(unet, encoder, images):
     pipe = ScoreVAEPipeline(unet=unet, scheduler=DDPMScheduler(), encoder=encoder)  # stochastic: shared step noise
     pipe.set_progress_bar_config(disable=True)
-    out = interpolate(
-        pipe,
-        images[0],
-        images[1],
-        num_points=3,
-        num_inference_steps=5,
-        mode="z",
-        generator=torch.Generator().manual_seed(0),
-    )
+
+    def z_row(image_a, image_b):
+        generator = torch.Generator().manual_seed(0)
+        return interpolate(pipe, image_a, image_b, num_points=3, num_inference_steps=5, mode="z", generator=generator)
+
+    out = z_row(images[0], images[1])
     assert (out.latents == out.latents[:1]).all()
-    again = interpolate(
-        pipe,
-        images[0],
-        images[1],
-        num_points=3,
-        num_inference_steps=5,
-        mode="z",
-        generator=torch.Generator().manual_seed(0),
-    )
-    torch.testing.assert_close(out.images, again.images)
+    torch.testing.assert_close(out.images, z_row(images[0], images[1]).images)
     # with equal codes, the shared noise makes equal images: the differences along the row come from z alone
-    same = interpolate(
-        pipe,
-        images[0],
-        images[0],
-        num_points=3,
-        num_inference_steps=5,
-        mode="z",
-        generator=torch.Generator().manual_seed(0),
-    )
+    same = z_row(images[0], images[0])
     torch.testing.assert_close(same.images[0], same.images[2])
     with pytest.raises(ValueError, match="DDIMScheduler"):
         interpolate(pipe, images[0], images[1], num_inference_steps=5)

@@ -7,8 +7,7 @@ import pytest
 import torch
 from conftest import make_encoder, make_unet
 from diffusers import DDPMScheduler
-from test_closed_form import GaussianProblem, M, S
-from test_inversion import exact_prior_unet  # the exact §6 prior for per-sample timesteps
+from test_closed_form import GaussianProblem, M, S, exact_prior_unet  # the exact §6 prior, per-sample timesteps too
 
 from diffusers_scorevae import scorevae_loss
 from diffusers_scorevae.models.encoder import ScoreVAEEncoderOutput
