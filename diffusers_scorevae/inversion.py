@@ -52,7 +52,14 @@ import torch
 from diffusers import DDIMScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from .noise import alpha_sigma_from_log_snr, append_dims, encoder_score, model_output_to_epsilon, scheduler_log_snr
+from .noise import (
+    _split_variance,
+    alpha_sigma_from_log_snr,
+    append_dims,
+    encoder_score,
+    model_output_to_epsilon,
+    scheduler_log_snr,
+)
 
 VARIANCE_TYPES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned_range")
 
@@ -74,11 +81,7 @@ def guided_epsilon(
     `None`). Steps of zero SNR (ᾱ_t = 0) carry no information about z and get no encoder term, as in the pipeline's
     `guide`.
     """
-    model_output = unet(sample, timesteps).sample
-    channels = sample.shape[1]
-    prediction, variance = model_output[:, :channels], None
-    if model_output.shape[1] == 2 * channels:
-        variance = model_output[:, channels:]
+    prediction, variance = _split_variance(unet(sample, timesteps).sample, sample)
     log_snr = scheduler_log_snr(scheduler, timesteps)
     alpha, sigma = alpha_sigma_from_log_snr(log_snr)
     alpha, sigma = alpha.to(sample.device, torch.float32), sigma.to(sample.device, torch.float32)
@@ -239,8 +242,8 @@ class DiffusionBound:
         """L_T = KL(q(x_{T−1} | x_0) ‖ N(0, I)) in nats, summed over dimensions: `[B, C, H, W]` -> `[B]`."""
         alpha_prod = self.alphas_cumprod[-1].to(x_start.device)
         mean, log_variance = alpha_prod.sqrt() * x_start.double(), torch.log1p(-alpha_prod)
-        kl = 0.5 * (-1.0 - log_variance + torch.exp(log_variance) + mean**2)  # normal_kl(mean, log_variance, 0, 0)
-        return kl.flatten(1).sum(1)
+        zero = torch.zeros((), dtype=torch.float64, device=x_start.device)
+        return normal_kl(mean, log_variance, zero, zero).flatten(1).sum(1)
 
     def terms(self, x_start, sample, timesteps, epsilon, variance=None) -> torch.Tensor:
         """L_t in nats (summed over dimensions) for items `[N]` at `timesteps`: the KL for t ≥ 1, −log of the
