@@ -59,7 +59,10 @@ def parse_args(input_args=None):
     parser.add_argument("--guidance_scale", type=float, default=None, help="Default: 1, or 4 with --pipeline.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory_worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one CPU memory run
-    return parser.parse_args(input_args)
+    args = parser.parse_args(input_args)
+    if args.guidance_scale is None:
+        args.guidance_scale = 4.0 if args.pipeline is not None else 1.0
+    return args
 
 
 def cifar10_unet() -> UNet2DModel:
@@ -93,8 +96,6 @@ def build_pipeline(args) -> ScoreVAEPipeline:
 
 
 def decode(pipe: ScoreVAEPipeline, args, mode: str, latent_codes: torch.Tensor):
-    if args.guidance_scale is None:
-        args.guidance_scale = 4.0 if args.pipeline is not None else 1.0
     guidance_scale = args.guidance_scale if mode == "scorevae" else 0.0
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     return pipe(
