@@ -48,30 +48,62 @@ def load_pipeline(pipeline: str, prior: str | None, scheduler: str | None, devic
     return pipe.to(device)
 
 
-def compare(pipe, images: torch.Tensor, args, device, beta_vae_path: str | None, classifier_path: str | None):
-    """Reconstruct `images` ([0, 1], `[N, 1, 28, 28]`) with ScoreVAE and the β-VAE; metrics of both."""
-    from .evaluation import beta_vae_reconstruct, reconstruction_metrics, scorevae_reconstruct
+def compare(
+    pipe,
+    images: torch.Tensor,
+    args,
+    device,
+    beta_vae_path: str | None,
+    classifier_path: str | None,
+    num_samples_per_code: int = 1,
+    fd: bool = False,
+):
+    """Reconstruct `images` ([0, 1], `[N, 1, 28, 28]`) with ScoreVAE and the β-VAE; metrics of both, each with its
+    rate `kl` (nats/image). With `num_samples_per_code` K ≥ 2, ScoreVAE decodes each code K times (`l2` is the first
+    decode's); with `fd`, the Fréchet distance of classifier features to the originals."""
+    from .evaluation import (
+        beta_vae_reconstruct,
+        kl_rate,
+        reconstruction_metrics,
+        same_code_metrics,
+        scorevae_decode_samples,
+    )
     from .models.beta_vae import BetaVAE
     from .models.classifier import FashionMNISTClassifier
 
     classifier = FashionMNISTClassifier.from_pretrained(resolve(classifier_path)).to(device).eval()
     start = time.time()
-    scorevae = scorevae_reconstruct(
-        pipe, images, args.batch_size, args.num_inference_steps, args.guidance_scale, seed=args.seed
+    decodes = scorevae_decode_samples(
+        pipe,
+        images,
+        args.batch_size,
+        args.num_inference_steps,
+        args.guidance_scale,
+        seed=args.seed,
+        num_samples_per_code=num_samples_per_code,
     )
-    seconds = time.time() - start
+    seconds = (time.time() - start) / num_samples_per_code
+    scorevae = decodes[0]
     beta_vae = BetaVAE.from_pretrained(resolve(beta_vae_path)).to(device).eval()
     baseline = beta_vae_reconstruct(beta_vae, images)
+
+    scorevae_metrics = reconstruction_metrics(images, scorevae, classifier, fd=fd)
+    scorevae_metrics["kl"] = kl_rate(pipe.encoder, images).mean().item()
+    if num_samples_per_code > 1:
+        scorevae_metrics.update(same_code_metrics(images, decodes))
+    beta_vae_metrics = reconstruction_metrics(images, baseline, classifier, fd=fd)
+    beta_vae_metrics["kl"] = kl_rate(beta_vae.encoder, images).mean().item()
     metrics = {
         "num_images": len(images),
         "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance_scale,
         "scheduler": type(pipe.scheduler).__name__,
         "prior": args.prior or args.pipeline,
-        "scorevae": reconstruction_metrics(images, scorevae, classifier),
-        "beta_vae": reconstruction_metrics(images, baseline, classifier),
+        "num_samples_per_code": num_samples_per_code,
+        "scorevae": scorevae_metrics,
+        "beta_vae": beta_vae_metrics,
         "originals": {"sharpness": reconstruction_metrics(images, images)["sharpness"]},
-        "scorevae_seconds": seconds,
+        "scorevae_seconds": seconds,  # one decode of every image (the K decodes' time / K)
     }
     return scorevae, baseline, metrics
 
@@ -103,6 +135,12 @@ def cmd_demo(args):
 def cmd_evaluate(args):
     from .data import load_fashion_mnist, load_fashion_mnist_from_hub
 
+    if args.num_samples_per_code < 1:
+        raise ValueError(f"--num-samples-per-code must be at least 1, got {args.num_samples_per_code}.")
+    if args.bits_per_dim and args.num_samples_per_code != 1:
+        raise ValueError("--num-samples-per-code applies to reconstructions, not to --bits-per-dim.")
+    if not args.bits_per_dim and args.num_images < 2:
+        raise ValueError(f"--num-images must be at least 2 for the Fréchet distance, got {args.num_images}.")
     device = _device(args.device)
     if args.dataset_name is not None:
         images, _ = load_fashion_mnist_from_hub("test", dataset_name=args.dataset_name)
@@ -115,7 +153,9 @@ def cmd_evaluate(args):
         for key, value in metrics.items():
             print(f"{key}: {value}")
     else:
-        _, _, metrics = compare(pipe, images, args, device, args.beta_vae, args.classifier)
+        _, _, metrics = compare(
+            pipe, images, args, device, args.beta_vae, args.classifier, args.num_samples_per_code, fd=True
+        )
         _print_metrics(metrics)
     if args.output is not None:
         with open(args.output, "w") as f:
@@ -195,11 +235,16 @@ def cmd_reconstruct(args):
 
 
 def _print_metrics(metrics: dict):
-    keys = ("l2", "psnr", "ssim", "sharpness", "class_kept")
-    print(f"{'':10s}" + "".join(f"{k:>12s}" for k in keys))
-    for name in ("scorevae", "beta_vae"):
-        print(f"{name:10s}" + "".join(f"{metrics[name][k]:12.4f}" for k in keys))
-    print(f"{'originals':10s}{'':36s}{metrics['originals']['sharpness']:12.4f}")
+    columns = ("kl", "l2", "psnr", "ssim", "sharpness", "class_kept", "fd", "l2_mean_of_k", "l2_between_decodes")
+    rows = {name: metrics[name] for name in ("scorevae", "beta_vae", "originals")}
+    columns = [k for k in columns if any(k in row for row in rows.values())]
+    widths = [max(12, len(k) + 2) for k in columns]
+    print(f"{'':10s}" + "".join(f"{k:>{w}s}" for k, w in zip(columns, widths)))
+    for name, row in rows.items():
+        print(f"{name:10s}" + "".join(f"{row[k]:{w}.4f}" if k in row else " " * w for k, w in zip(columns, widths)))
+    if metrics.get("num_samples_per_code", 1) > 1:
+        k = metrics["num_samples_per_code"]
+        print(f"l2: one decode per code; l2_mean_of_k: the mean of {k} decodes; l2_between_decodes: two decodes' L2")
 
 
 def _add_decoding_args(parser, default_output=None):
@@ -227,13 +272,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_args(demo)
     demo.set_defaults(func=cmd_demo)
 
-    evaluate = sub.add_parser("evaluate", help="ScoreVAE vs β-VAE on the Fashion-MNIST test set.")
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="ScoreVAE vs β-VAE on the Fashion-MNIST test set: rate (KL), distortion, class_kept, Fréchet distance.",
+    )
     evaluate.add_argument("--num-images", type=int, default=10000)
     evaluate.add_argument("--fashion-mnist-dir", default=None, help="Folder of the idx files (default: Debian's).")
     evaluate.add_argument("--dataset-name", default=None, help="Hub dataset instead, e.g. zalando-datasets/fashion_mnist")
     evaluate.add_argument("--beta-vae", default="fashion-mnist-beta-vae")
     evaluate.add_argument("--classifier", default="fashion-mnist-classifier")
     evaluate.add_argument("--output", default=None, help="Write the metrics to this JSON file.")
+    evaluate.add_argument(
+        "--num-samples-per-code",
+        type=int,
+        default=1,
+        help="Decode each code K times: also report the L2 of the mean of the K decodes (the MMSE proxy) and the L2 "
+        "between two decodes of the same code (K >= 2).",
+    )
     evaluate.add_argument(
         "--bits-per-dim", action="store_true", help="Report the likelihood bounds (bits/dim) instead of reconstructions."
     )

@@ -123,6 +123,27 @@ def class_kept(
     return (predict(reconstructions) == reference).float().mean().item()
 
 
+@torch.no_grad()
+def classifier_features(classifier: torch.nn.Module, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    r"""
+    A classifier's penultimate features of `images`, batch by batch on the classifier's device: what
+    [`frechet_distance`] compares (FID's formula with this classifier in place of Inception).
+
+    Args:
+        classifier (`torch.nn.Module`):
+            Has a `features` method from images in [0, 1] to `(B, F)`, e.g. [`FashionMNISTClassifier`] (in eval mode).
+        images (`torch.Tensor` of shape `(N, C, H, W)`):
+            Images in [0, 1].
+        batch_size (`int`, *optional*, defaults to 512):
+            Images per classifier call.
+
+    Returns:
+        `torch.Tensor` of shape `(N, F)`, float32 on the CPU.
+    """
+    device = next(classifier.parameters()).device
+    return torch.cat([classifier.features(chunk.to(device)).float().cpu() for chunk in images.split(batch_size)])
+
+
 def frechet_distance(features_a: torch.Tensor, features_b: torch.Tensor) -> float:
     r"""
     Fréchet distance between Gaussians fitted to two feature sets (the FID formula, with any feature extractor):

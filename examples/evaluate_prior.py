@@ -25,7 +25,7 @@ from diffusers_scorevae.data import (
     load_fashion_mnist,
     load_fashion_mnist_from_hub,
 )
-from diffusers_scorevae.metrics import frechet_distance
+from diffusers_scorevae.metrics import classifier_features, frechet_distance
 from diffusers_scorevae.models.classifier import FashionMNISTClassifier
 
 # scheduler settings that change what a sampler produces; recorded in metrics.json as they are, never overridden
@@ -79,18 +79,6 @@ def load_split(args, split):
     return torch.from_numpy(images).unsqueeze(1).float().div(255)
 
 
-@torch.no_grad()
-def classifier_features(classifier, images, batch_size):
-    """Penultimate features and predicted classes of images in [0, 1], batch by batch on the classifier's device."""
-    device = next(classifier.parameters()).device
-    features, classes = [], []
-    for chunk in images.split(batch_size):
-        chunk_features = classifier.features(chunk.to(device))
-        features.append(chunk_features.cpu())
-        classes.append(classifier.head(chunk_features).argmax(dim=1).cpu())
-    return torch.cat(features), torch.cat(classes)
-
-
 def save_grid(images, path, rows=8):
     """Save up to rows x rows images of shape (N, 1, H, W) in [0, 1] as one grayscale PNG."""
     images = images[: rows * rows, 0].mul(255).round().byte().numpy()
@@ -140,9 +128,11 @@ def main(args):
     sampling_seconds = time.time() - start_time
 
     # 3. Fréchet distances in classifier feature space
-    sample_features, sample_classes = classifier_features(classifier, samples, args.batch_size)
-    test_features, _ = classifier_features(classifier, load_split(args, "test"), args.batch_size)
-    train_features, _ = classifier_features(classifier, load_split(args, "train")[:10000], args.batch_size)
+    sample_features = classifier_features(classifier, samples, args.batch_size)
+    with torch.no_grad():
+        sample_classes = classifier.head(sample_features.to(device)).argmax(dim=1).cpu()
+    test_features = classifier_features(classifier, load_split(args, "test"), args.batch_size)
+    train_features = classifier_features(classifier, load_split(args, "train")[:10000], args.batch_size)
     fd = frechet_distance(sample_features, test_features)
     fd_train_vs_test = frechet_distance(train_features, test_features)
     class_counts = torch.bincount(sample_classes, minlength=len(FASHION_MNIST_CLASSES)).tolist()

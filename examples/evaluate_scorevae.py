@@ -1,6 +1,8 @@
 #!/usr/bin/env python
 """Evaluate ScoreVAE reconstructions on the Fashion-MNIST test set, for several samplers and guidance scales, next to
-the β-VAE baseline: L2 (the paper's table), PSNR, SSIM, sharpness (variance of the Laplacian) and class_kept.
+the β-VAE baseline: the rate `kl` (KL(q(z | x_0) ‖ N(0, I)), nats per image) next to L2 (the paper's table), PSNR,
+SSIM, sharpness (variance of the Laplacian), and with `--classifier` class_kept and `fd` (Fréchet distance between the
+classifier's features of the reconstructions and of the originals).
 
     python examples/evaluate_scorevae.py --pipelines runs/scorevae --beta_vae runs/beta-vae \
         --classifier runs/classifier --num_images 1000 --settings ddim:50:1 ddim:50:4 ddpm:1000:1 --output results.json
@@ -8,6 +10,8 @@ the β-VAE baseline: L2 (the paper's table), PSNR, SSIM, sharpness (variance of 
 A setting is `scheduler:steps:guidance_scale[:clip|noclip]` with scheduler one of ddpm, ddim, dpm (DPM-Solver++),
 euler; `clip`/`noclip` set the scheduler's `clip_sample` explicitly (otherwise the saved config is used as is).
 `--prior FOLDER` decodes every pipeline's encoder with another prior (unet/ + scheduler/) instead of its own.
+`--num_samples_per_code K` (K >= 2) decodes each code K times: `l2` stays the first decode's, `l2_mean_of_k` is the L2
+of the mean of the K decodes (the MMSE proxy) and `l2_between_decodes` the L2 between two decodes of the same code.
 """
 
 from __future__ import annotations
@@ -22,7 +26,13 @@ import torch
 
 from diffusers_scorevae import ScoreVAEPipeline
 from diffusers_scorevae.data import FASHION_MNIST_DIR, load_fashion_mnist
-from diffusers_scorevae.evaluation import beta_vae_reconstruct, reconstruction_metrics, scorevae_reconstruct
+from diffusers_scorevae.evaluation import (
+    beta_vae_reconstruct,
+    kl_rate,
+    reconstruction_metrics,
+    same_code_metrics,
+    scorevae_decode_samples,
+)
 
 SCHEDULERS = {
     "ddpm": diffusers.DDPMScheduler,
@@ -43,10 +53,18 @@ def parse_args(input_args=None):
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--settings", nargs="+", default=["ddim:50:1"])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--num_samples_per_code", type=int, default=1, help="Decodes per code (K >= 2 adds l2_mean_of_k, ...)."
+    )
     parser.add_argument("--output", type=str, required=True, help="JSON file to write.")
     parser.add_argument("--save_reconstructions", type=int, default=0, help="Also save the first N as a PNG grid.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(input_args)
+    args = parser.parse_args(input_args)
+    if args.num_samples_per_code < 1:
+        raise ValueError(f"`--num_samples_per_code` must be at least 1, got {args.num_samples_per_code}.")
+    if args.classifier is not None and args.num_images < 2:
+        raise ValueError(f"`--num_images` must be at least 2 for the Fréchet distance, got {args.num_images}.")
+    return args
 
 
 def make_scheduler(name: str, config, clip: str | None):
@@ -68,11 +86,17 @@ def main(args):
     images, labels = load_fashion_mnist("test", data_dir=args.fashion_mnist_dir)
     originals = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
     classifier = FashionMNISTClassifier.from_pretrained(args.classifier).to(device).eval() if args.classifier else None
-    results = {"num_images": len(originals), "originals": {"sharpness": reconstruction_metrics(originals, originals)["sharpness"]}}
+    fd = classifier is not None
+    results = {
+        "num_images": len(originals),
+        "num_samples_per_code": args.num_samples_per_code,
+        "originals": {"sharpness": reconstruction_metrics(originals, originals)["sharpness"]},
+    }
 
     if args.beta_vae:
         model = BetaVAE.from_pretrained(args.beta_vae).to(device).eval()
-        results["beta_vae"] = reconstruction_metrics(originals, beta_vae_reconstruct(model, originals), classifier)
+        results["beta_vae"] = reconstruction_metrics(originals, beta_vae_reconstruct(model, originals), classifier, fd)
+        results["beta_vae"]["kl"] = kl_rate(model.encoder, originals).mean().item()
         print("beta_vae", results["beta_vae"], flush=True)
 
     for path in args.pipelines:
@@ -80,16 +104,29 @@ def main(args):
         if args.prior is not None:
             pipe = ScoreVAEPipeline.from_pretrained(args.prior, encoder=pipe.encoder)
         pipe.to(device)
+        kl = kl_rate(pipe.encoder, originals).mean().item()  # the encoder's rate: the same for every setting
         base_config = pipe.scheduler.config
         for setting in args.settings:
             name, steps, gamma, *clip = setting.split(":")
             pipe.scheduler = make_scheduler(name, base_config, clip[0] if clip else None)
             start = time.time()
-            reconstructions = scorevae_reconstruct(
-                pipe, originals, args.batch_size, int(steps), float(gamma), seed=args.seed, progress=False
+            decodes = scorevae_decode_samples(
+                pipe,
+                originals,
+                args.batch_size,
+                int(steps),
+                float(gamma),
+                seed=args.seed,
+                num_samples_per_code=args.num_samples_per_code,
+                progress=False,
             )
-            entry = reconstruction_metrics(originals, reconstructions, classifier)
-            entry["seconds"] = time.time() - start
+            seconds = (time.time() - start) / args.num_samples_per_code  # one decode of every image
+            reconstructions = decodes[0]
+            entry = reconstruction_metrics(originals, reconstructions, classifier, fd)
+            entry["kl"] = kl
+            if args.num_samples_per_code > 1:
+                entry.update(same_code_metrics(originals, decodes))
+            entry["seconds"] = seconds
             entry["clip_sample"] = pipe.scheduler.config.get("clip_sample")
             results.setdefault("scorevae", {}).setdefault(path, {})[setting] = entry
             print(path, setting, entry, flush=True)

@@ -41,7 +41,7 @@ def test_demo_writes_picture_and_metrics(tmp_path):
     metrics = json.load(open(tmp_path / "metrics.json"))
     assert {"num_images", "num_inference_steps", "prior", "scorevae", "beta_vae", "originals"} <= set(metrics)
     for model in ("scorevae", "beta_vae"):
-        assert set(metrics[model]) == {"l2", "psnr", "ssim", "sharpness", "class_kept"}
+        assert set(metrics[model]) == {"kl", "l2", "psnr", "ssim", "sharpness", "class_kept"}
         assert all(np.isfinite(v) for v in metrics[model].values())
     assert metrics["num_images"] == 3 and metrics["num_inference_steps"] == 3
 
@@ -98,3 +98,23 @@ def test_evaluate_bits_per_dim(tmp_path, monkeypatch):
     metrics = json.load(open(output))
     assert metrics["num_images_data"] == 2
     assert all(np.isfinite(metrics[k]) for k in metrics if "bits_per_dim" in k)
+
+
+def test_evaluate_rate_fd_and_samples_per_code(tmp_path, monkeypatch, capsys):
+    images, labels = bundled_test_images()
+    import diffusers_scorevae.data as data
+
+    monkeypatch.setattr(data, "load_fashion_mnist", lambda split, data_dir=None: (images, labels))
+    output = tmp_path / "metrics.json"
+    args = ["evaluate", "--num-images", "3", "--num-inference-steps", "2", "--output", str(output)]
+    assert main(args + ["--num-samples-per-code", "2"]) == 0
+    metrics = json.load(open(output))
+    assert metrics["num_samples_per_code"] == 2
+    scorevae, beta_vae = metrics["scorevae"], metrics["beta_vae"]
+    assert {"kl", "l2", "fd", "class_kept", "l2_mean_of_k", "l2_between_decodes"} <= set(scorevae)
+    assert {"kl", "l2", "fd", "class_kept"} <= set(beta_vae) and "l2_mean_of_k" not in beta_vae
+    assert scorevae["kl"] > 0 and beta_vae["kl"] > 0 and scorevae["l2_between_decodes"] > 0
+    assert "l2_between_decodes" in capsys.readouterr().out
+
+    assert main(args + ["--num-samples-per-code", "0"]) == 2
+    assert "--num-samples-per-code" in capsys.readouterr().err

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from diffusers_scorevae.metrics import class_kept, frechet_distance, l2, psnr, sharpness, ssim
+from diffusers_scorevae.metrics import (
+    class_kept,
+    classifier_features,
+    frechet_distance,
+    l2,
+    psnr,
+    sharpness,
+    ssim,
+)
 from diffusers_scorevae.models.classifier import FashionMNISTClassifier
 
 
@@ -84,3 +92,12 @@ def test_class_kept():
         class_kept(classifier, None, originals, labels=predicted[:3])
     with pytest.raises(ValueError, match="originals"):
         class_kept(classifier, originals[:3], originals)
+
+
+def test_classifier_features():
+    torch.manual_seed(0)
+    classifier = FashionMNISTClassifier(block_out_channels=(4, 8), feature_dim=8).eval()
+    originals = images(0, (5, 1, 28, 28))
+    features = classifier_features(classifier, originals, batch_size=2)
+    assert features.shape == (5, 8)
+    torch.testing.assert_close(features, classifier.features(originals).detach())

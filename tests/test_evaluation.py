@@ -1,0 +1,116 @@
+"""diffusers_scorevae.evaluation: the rate, K decodes of one code, the spread of those decodes, the Fréchet distance of
+reconstructions; and examples/evaluate_scorevae.py end to end on the bundled models (tiny real components, CPU)."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from conftest import make_encoder, make_unet
+from diffusers import DDPMScheduler
+
+from diffusers_scorevae import BetaVAE, ScoreVAEPipeline, pretrained_path
+from diffusers_scorevae.bundled import bundled_test_images
+from diffusers_scorevae.evaluation import (
+    kl_rate,
+    reconstruction_metrics,
+    same_code_metrics,
+    scorevae_decode_samples,
+    scorevae_reconstruct,
+)
+from diffusers_scorevae.metrics import l2
+from diffusers_scorevae.models.classifier import FashionMNISTClassifier
+from diffusers_scorevae.noise import kl_to_standard_normal
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "examples"))
+import evaluate_scorevae  # noqa: E402
+
+
+def make_pipe() -> ScoreVAEPipeline:
+    scheduler = DDPMScheduler(num_train_timesteps=100)
+    return ScoreVAEPipeline(unet=make_unet(1), scheduler=scheduler, encoder=make_encoder(1))
+
+
+def images(n=3, size=8, seed=0):
+    return torch.rand(n, 1, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_kl_rate_is_the_clean_level_kl():
+    encoder, x = make_encoder(1), images(5)
+    mean, logvar = encoder(x * 2 - 1, encoder.config.clean_log_snr, return_dict=False)
+    rate = kl_rate(encoder, x)
+    torch.testing.assert_close(rate, kl_to_standard_normal(mean, logvar).detach())
+    torch.testing.assert_close(kl_rate(encoder, x, batch_size=2), rate)
+    assert rate.shape == (5,) and (rate > 0).all()
+
+    # the β-VAE's rate is the KL term of its own training loss
+    torch.manual_seed(0)
+    beta_vae = BetaVAE(sample_size=8, latent_dim=4, block_out_channels=(8, 16), norm_num_groups=4).eval()
+    torch.nn.init.normal_(beta_vae.encoder.proj_out.weight, std=0.05)
+    _, _, kl = beta_vae.loss(x * 2 - 1)
+    torch.testing.assert_close(kl_rate(beta_vae.encoder, x).mean(), kl.detach())
+
+
+def test_decode_samples_reproducible_and_different():
+    pipe, x = make_pipe(), images(3)
+    kwargs = {"batch_size": 2, "num_inference_steps": 3, "guidance_scale": 2.0, "seed": 5, "progress": False}
+    decodes = scorevae_decode_samples(pipe, x, num_samples_per_code=3, **kwargs)
+    assert decodes.shape == (3, 3, 1, 8, 8)
+    torch.testing.assert_close(scorevae_decode_samples(pipe, x, num_samples_per_code=3, **kwargs), decodes)
+    # the first decode is the K = 1 reconstruction, which is the pipeline's own reconstruction with the batch's seed
+    torch.testing.assert_close(scorevae_reconstruct(pipe, x, **kwargs), decodes[0])
+    generator = torch.Generator().manual_seed(5)
+    direct = pipe(image=x[:2], num_inference_steps=3, guidance_scale=2.0, generator=generator, output_type="pt")
+    torch.testing.assert_close(direct.images, decodes[0, :2])
+    # later decodes of the same code use different noise
+    assert (l2(decodes[0], decodes[1]) > 1e-3).all() and (l2(decodes[1], decodes[2]) > 1e-3).all()
+    with pytest.raises(ValueError, match="num_samples_per_code"):
+        scorevae_decode_samples(pipe, x, num_samples_per_code=0, **kwargs)
+
+
+def test_same_code_metrics_closed_form():
+    a = images(4, 6) * 0.5
+    d = images(4, 6, seed=1) * 0.2
+    norm = d.flatten(1).norm(dim=1).mean().item()
+    # two decodes a ± d: their mean is exact; they are 2 ‖d‖ apart
+    result = same_code_metrics(a, torch.stack([a + d, a - d]))
+    assert result["l2_mean_of_k"] == pytest.approx(0, abs=1e-6)
+    assert result["l2_between_decodes"] == pytest.approx(2 * norm, rel=1e-5)
+    # a, a, a + d: mean a + d / 3; pairs 0, ‖d‖, ‖d‖
+    result = same_code_metrics(a, torch.stack([a, a, a + d]))
+    assert result["l2_mean_of_k"] == pytest.approx(norm / 3, rel=1e-5)
+    assert result["l2_between_decodes"] == pytest.approx(2 * norm / 3, rel=1e-5)
+    with pytest.raises(ValueError, match="decodes"):
+        same_code_metrics(a, a[None])  # K = 1: no pair
+
+
+def test_reconstruction_fd_is_zero_for_identity_and_grows_with_a_shift():
+    torch.manual_seed(0)
+    classifier = FashionMNISTClassifier(block_out_channels=(4, 8), feature_dim=8).eval()
+    originals = images(64, 28)
+    assert "fd" not in reconstruction_metrics(originals, originals, classifier)
+    fds = [reconstruction_metrics(originals, originals * (1 - s), classifier, fd=True)["fd"] for s in (0, 0.1, 0.3)]
+    assert abs(fds[0]) < 1e-6 < fds[1] < fds[2]
+    with pytest.raises(ValueError, match="classifier"):
+        reconstruction_metrics(originals, originals, fd=True)
+
+
+def test_evaluate_scorevae_script(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate_scorevae, "load_fashion_mnist", lambda split, data_dir=None: bundled_test_images())
+    output = tmp_path / "results.json"
+    pipeline = pretrained_path("fashion-mnist")
+    args = evaluate_scorevae.parse_args(
+        ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
+         "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3", "--settings", "ddim:2:1",
+         "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu"]
+    )  # fmt: skip
+    evaluate_scorevae.main(args)
+    results = json.load(open(output))
+    assert results["num_samples_per_code"] == 2
+    entry = results["scorevae"][pipeline]["ddim:2:1"]
+    assert {"l2", "kl", "fd", "class_kept", "l2_mean_of_k", "l2_between_decodes", "seconds"} <= set(entry)
+    assert entry["kl"] > 0 and entry["l2_between_decodes"] > 0
+    assert {"l2", "kl", "fd", "class_kept"} <= set(results["beta_vae"]) and results["beta_vae"]["kl"] > 0
+    with pytest.raises(ValueError, match="--num_samples_per_code"):
+        evaluate_scorevae.parse_args(["--pipelines", pipeline, "--output", "x.json", "--num_samples_per_code", "0"])
