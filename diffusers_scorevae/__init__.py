@@ -14,13 +14,14 @@ from .hub import create_model_card, describe_prior_compatibility
 from .models import BetaVAE, FashionMNISTClassifier, ScoreVAEEncoder, ScoreVAEEncoderOutput
 from .pipelines import ScoreVAEPipeline, ScoreVAEPipelineOutput
 from .pipelines.pipeline_scorevae import ScoreVAEInversionOutput
-from .training import ScoreVAELossOutput, scorevae_loss
+from .training import PosteriorLossOutput, ScoreVAELossOutput, posterior_loss, scorevae_loss
 
 __all__ = [
     "BetaVAE",
     "FASHION_MNIST_CLASSES",
     "FASHION_MNIST_DIR",
     "FashionMNISTClassifier",
+    "PosteriorLossOutput",
     "ScoreVAEEncoder",
     "ScoreVAEEncoderOutput",
     "ScoreVAELossOutput",
@@ -32,6 +33,7 @@ __all__ = [
     "images_to_tensor",
     "load_fashion_mnist",
     "load_fashion_mnist_from_hub",
+    "posterior_loss",
     "pretrained_path",
     "scorevae_loss",
 ]

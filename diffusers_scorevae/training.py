@@ -1,14 +1,21 @@
-"""The ScoreVAE encoder objective (MATH.md §5): denoising score matching of the conditional score
-∇ log p(x_t | z) ≈ s_θ(x_t, t) + ∇_{x_t} log q_φ(z | x_t, λ_t), with the prior s_θ frozen, plus β · KL."""
+"""The ScoreVAE encoder objectives.
+
+- `scorevae_loss` (MATH.md §5): denoising score matching of the conditional score
+  ∇ log p(x_t | z) ≈ s_θ(x_t, t) + ∇_{x_t} log q_φ(z | x_t, λ_t), with the prior s_θ frozen, plus β · KL.
+- `posterior_loss` (MATH.md §8): maximum likelihood of a frozen teacher's codes under q_φ(z | x_t, λ_t), the way
+  classifier guidance fits its noisy classifier. No UNet and no double backward.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .models import BetaVAE, ScoreVAEEncoder
 from .noise import (
     append_dims,
     continuous_noise_rate,
@@ -49,6 +56,32 @@ class ScoreVAELossOutput(BaseOutput):
     timesteps: torch.Tensor
 
 
+def draw_timesteps(
+    noise_scheduler,
+    batch_size: int,
+    device,
+    generator: torch.Generator | None = None,
+    timestep_distribution: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Training timesteps `(batch_size,)` drawn uniformly from the prior's schedule, or with probabilities
+    ∝ `timestep_distribution`, and their importance weights 1 / (T · p(t)) (all ones for uniform draws)."""
+    num_train_timesteps = len(noise_scheduler.alphas_cumprod)
+    rng_device = generator.device if generator is not None else device
+    if timestep_distribution is None:
+        timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=rng_device)
+        return timesteps.to(device), torch.ones(batch_size, device=device)
+    probs = torch.as_tensor(timestep_distribution, dtype=torch.float64)
+    if probs.shape != (num_train_timesteps,) or (probs < 0).any() or probs.sum() <= 0:
+        raise ValueError(
+            f"timestep_distribution must be non-negative weights of shape ({num_train_timesteps},), got shape "
+            f"{tuple(probs.shape)}."
+        )
+    probs = probs.cpu() / probs.sum()
+    timesteps = torch.multinomial(probs.to(rng_device), batch_size, replacement=True, generator=generator)
+    importance = (1.0 / (num_train_timesteps * probs[timesteps.cpu()])).float().to(device)
+    return timesteps.to(device), importance
+
+
 def loss_weight(noise_scheduler, timesteps: torch.Tensor, loss_weighting: str) -> torch.Tensor:
     """w(t) of MATH.md §5: 1 for "simple" (λ(t) = σ_t²), g(t)²/σ_t² for "likelihood" (the ELBO weighting)."""
     if loss_weighting == "simple":
@@ -57,6 +90,33 @@ def loss_weight(noise_scheduler, timesteps: torch.Tensor, loss_weighting: str) -
         _, sigma = training_alpha_sigma(noise_scheduler, timesteps)
         return continuous_noise_rate(noise_scheduler, timesteps) / sigma**2
     raise ValueError(f"loss_weighting {loss_weighting!r} is not supported; choose one of {LOSS_WEIGHTINGS}.")
+
+
+@dataclass
+class PosteriorLossOutput(BaseOutput):
+    """
+    Output of [`posterior_loss`].
+
+    Args:
+        loss (`torch.Tensor`, scalar):
+            The objective to minimise: the batch mean of w(t) · E_{z ~ q_T(z | x_0)}[−log q_φ(z | x_t, λ_t)]
+            (importance-weighted when a `timestep_distribution` is given), in nats per image.
+        nll (`torch.Tensor`, scalar):
+            The unweighted batch mean of E_z[−log q_φ(z | x_t, λ_t)] (nats per image), for logging. It is bounded below
+            by the teacher's conditional entropy `teacher_entropy` (reached only as t → 0).
+        teacher_kl (`torch.Tensor`, scalar):
+            Batch mean of KL(q_T(z | x_0) ‖ N(0, I)): the rate of the teacher's codes, in nats per image.
+        teacher_entropy (`torch.Tensor`, scalar):
+            Batch mean of the entropy of q_T(z | x_0), in nats per image.
+        timesteps (`torch.Tensor` of shape `(batch_size,)`):
+            The training timesteps drawn.
+    """
+
+    loss: torch.Tensor
+    nll: torch.Tensor
+    teacher_kl: torch.Tensor
+    teacher_entropy: torch.Tensor
+    timesteps: torch.Tensor
 
 
 def _unwrap(module):
@@ -117,25 +177,10 @@ def scorevae_loss(
     config = _unwrap(encoder).config
     device = clean_images.device
     batch_size = clean_images.shape[0]
-    num_train_timesteps = len(noise_scheduler.alphas_cumprod)
     clean_images = clean_images.float()
 
     # 1. draw the timesteps and the noise (all randomness from `generator`)
-    rng_device = generator.device if generator is not None else device
-    if timestep_distribution is None:
-        timesteps = torch.randint(0, num_train_timesteps, (batch_size,), generator=generator, device=rng_device)
-        importance = torch.ones(batch_size, device=device)
-    else:
-        probs = torch.as_tensor(timestep_distribution, dtype=torch.float64)
-        if probs.shape != (num_train_timesteps,) or (probs < 0).any() or probs.sum() <= 0:
-            raise ValueError(
-                f"timestep_distribution must be non-negative weights of shape ({num_train_timesteps},), got shape "
-                f"{tuple(probs.shape)}."
-            )
-        probs = probs / probs.sum()
-        timesteps = torch.multinomial(probs.to(rng_device), batch_size, replacement=True, generator=generator)
-        importance = (1.0 / (num_train_timesteps * probs[timesteps.cpu()])).float().to(device)
-    timesteps = timesteps.to(device)
+    timesteps, importance = draw_timesteps(noise_scheduler, batch_size, device, generator, timestep_distribution)
     latent_noise = randn_tensor((batch_size, config.latent_dim), generator=generator, device=device)
     noise = randn_tensor(clean_images.shape, generator=generator, device=device)
     alpha, sigma = training_alpha_sigma(noise_scheduler, timesteps)
@@ -178,5 +223,112 @@ def scorevae_loss(
         score_loss=score_loss.mean().detach(),
         kl=kl.mean().detach(),
         prior_loss=prior_loss.mean().detach(),
+        timesteps=timesteps,
+    )
+
+
+def teacher_posterior(teacher, clean_images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The teacher's q_T(z | x_0) as `(mean, logvar)` in float32, without gradients: a [`ScoreVAEEncoder`] at its clean
+    level, or a [`BetaVAE`]'s encoder."""
+    teacher = _unwrap(teacher)
+    with torch.no_grad():
+        if isinstance(teacher, BetaVAE):
+            mean, logvar = teacher.encode(clean_images.to(teacher.dtype))
+        elif isinstance(teacher, ScoreVAEEncoder):
+            mean, logvar = teacher(clean_images, float(teacher.config.clean_log_snr), return_dict=False)
+        else:
+            raise TypeError(
+                f"teacher is a {type(teacher).__name__}; expected a ScoreVAEEncoder (encoded at its clean level) or a "
+                "BetaVAE (its encoder)."
+            )
+    return mean.float(), logvar.float()
+
+
+def posterior_loss(
+    encoder,
+    noise_scheduler,
+    clean_images: torch.Tensor,
+    teacher,
+    loss_weighting: str = "simple",
+    generator: torch.Generator | None = None,
+    timestep_distribution: torch.Tensor | None = None,
+) -> PosteriorLossOutput:
+    r"""
+    The posterior-matching objective for one batch (MATH.md §8): fit q_φ(z | x_t, λ_t) to the posterior of a frozen
+    teacher's code given the noisy image, p(z | x_t) = ∫ q_T(z | x_0) p(x_0 | x_t) dx_0, by maximum likelihood.
+
+        t ~ U{0..T−1} (or `timestep_distribution`),  ε ~ N(0, I),  x_t = α_t x_0 + σ_t ε
+        (μ_T, ℓ_T) = teacher(x_0)                              (no gradient)
+        (μ, ℓ)     = encoder(x_t, λ_t)
+        L = mean_batch[ w(t) · E_{z ~ N(μ_T, e^ℓ_T)}[−log N(z; μ, e^ℓ)] ]
+          = mean_batch[ w(t) · ½ Σ_k ((e^ℓ_T,k + (μ_T,k − μ_k)²) e^−ℓ_k + ℓ_k + log 2π) ]
+
+    The expectation over z ~ q_T(z | x_0) is taken in closed form (both are Gaussian): the same objective and the same
+    expected gradient as drawing z, with less variance. Cross-entropy is minimised by the true conditional, so for
+    every t and every w(t) > 0 the minimiser over all densities is p(z | x_t); in MATH.md §6's Gaussian case that is
+    the exact q(z | x_t) given there. Decoding with the fitted encoder samples p(x_0 | z) ∝ p(x_0) q_T(z | x_0).
+
+    No UNet runs: only the prior's training schedule (`noise_scheduler.alphas_cumprod`) is read. One encoder forward
+    and one (single) backward per image.
+
+    Args:
+        encoder ([`ScoreVAEEncoder`], possibly wrapped by accelerate/DDP):
+            The encoder being trained, q_φ(z | x_t, λ).
+        noise_scheduler ([`SchedulerMixin`]):
+            The prior's training scheduler (its `alphas_cumprod`).
+        clean_images (`torch.Tensor` of shape `(batch_size, C, H, W)`):
+            Training images in model space, [-1, 1].
+        teacher ([`ScoreVAEEncoder`] or [`BetaVAE`]):
+            The frozen encoder of clean images q_T(z | x_0): a `ScoreVAEEncoder` at its `clean_log_snr`, or the encoder
+            of a `BetaVAE`. It runs under `torch.no_grad()` and receives no gradient. Its latent dimension must be the
+            encoder's.
+        loss_weighting (`str`, *optional*, defaults to `"simple"`):
+            `"simple"` (w = 1) or `"likelihood"` (w = g(t)²/σ_t², as in [`scorevae_loss`]).
+        generator (`torch.Generator`, *optional*):
+            Source of all randomness (t, ε); makes the loss deterministic.
+        timestep_distribution (`torch.Tensor` of shape `(num_train_timesteps,)`, *optional*):
+            Draw t with these probabilities instead of uniformly; each term is weighted by 1 / (T · p(t)), so the
+            objective's expectation is unchanged (importance sampling).
+
+    Returns:
+        [`PosteriorLossOutput`]: `.loss` to backpropagate, plus parts for logging.
+    """
+    if clean_images.ndim != 4:
+        raise ValueError(f"clean_images has shape {tuple(clean_images.shape)}; expected (batch_size, C, H, W).")
+    if loss_weighting not in LOSS_WEIGHTINGS:
+        raise ValueError(f"loss_weighting {loss_weighting!r} is not supported; choose one of {LOSS_WEIGHTINGS}.")
+    device = clean_images.device
+    batch_size = clean_images.shape[0]
+    clean_images = clean_images.float()
+
+    # 1. the teacher's code distribution q_T(z | x_0), frozen
+    teacher_mean, teacher_logvar = teacher_posterior(teacher, clean_images)
+    latent_dim = _unwrap(encoder).config.latent_dim
+    if teacher_mean.shape != (batch_size, latent_dim):
+        raise ValueError(
+            f"teacher gives codes of shape {tuple(teacher_mean.shape)}; the encoder's latent_dim is {latent_dim}."
+        )
+
+    # 2. timesteps and noise (all randomness from `generator`)
+    timesteps, importance = draw_timesteps(noise_scheduler, batch_size, device, generator, timestep_distribution)
+    noise = randn_tensor(clean_images.shape, generator=generator, device=device)
+    alpha, sigma = training_alpha_sigma(noise_scheduler, timesteps)
+    noisy_images = append_dims(alpha, 4) * clean_images + append_dims(sigma, 4) * noise
+    alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod).to(device)
+    log_snr = log_snr_from_alphas_cumprod(alphas_cumprod[timesteps]).float()
+
+    # 3. q_φ(z | x_t, λ_t) and the expected negative log-likelihood of the teacher's codes under it
+    mean, logvar = encoder(noisy_images, log_snr, return_dict=False)
+    mean, logvar = mean.float(), logvar.float()
+    nll = 0.5 * (
+        ((teacher_logvar.exp() + (teacher_mean - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
+    ).sum(dim=1)
+    weight = loss_weight(noise_scheduler, timesteps, loss_weighting) * importance
+    teacher_entropy = 0.5 * (teacher_logvar + 1 + math.log(2 * math.pi)).sum(dim=1)
+    return PosteriorLossOutput(
+        loss=(weight * nll).mean(),
+        nll=nll.mean().detach(),
+        teacher_kl=kl_to_standard_normal(teacher_mean, teacher_logvar).mean(),
+        teacher_entropy=teacher_entropy.mean(),
         timesteps=timesteps,
     )

@@ -1,5 +1,13 @@
 #!/usr/bin/env python
-"""Train a ScoreVAE encoder against a frozen, pretrained, unconditional diffusers prior (MATH.md §5).
+"""Train a ScoreVAE encoder against a frozen, pretrained, unconditional diffusers prior.
+
+Two objectives (`--objective`):
+- `score` (MATH.md §5): denoising score matching of the conditional score through the frozen UNet, plus β · KL.
+- `posterior` (MATH.md §8): fit q_φ(z | x_t, λ_t) by maximum likelihood to the codes of a frozen `--teacher` (a
+  ScoreVAEEncoder at its clean level, or a BetaVAE's encoder). No UNet runs and there is no double backward, so a step
+  is several times cheaper; the prior is read for its noise schedule (and written into the output pipeline).
+The recipe that uses both: `--objective posterior --teacher T --output_dir A`, then
+`--objective score --init_encoder A/encoder --output_dir B` (score matching continues from the fitted posterior).
 
 Only the encoder trains; the prior's UNet is loaded once, frozen, and never wrapped by the optimizer or DDP.
 
@@ -37,11 +45,13 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
-from diffusers_scorevae.training import LOSS_WEIGHTINGS, scorevae_loss
+from diffusers_scorevae.training import LOSS_WEIGHTINGS, posterior_loss, scorevae_loss
 
 logger = get_logger(__name__, log_level="INFO")
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+OBJECTIVES = ("score", "posterior")
+LOG_KEYS = {"score": ("loss", "score_loss", "prior_loss", "kl"), "posterior": ("loss", "nll", "teacher_kl")}
 
 
 def parse_args(input_args=None):
@@ -86,6 +96,22 @@ def parse_args(input_args=None):
         help="Start from this saved ScoreVAEEncoder, or the encoder of a saved BetaVAE (same architecture).",
     )
     # objective
+    parser.add_argument(
+        "--objective",
+        type=str,
+        default="score",
+        choices=OBJECTIVES,
+        help="`score`: score matching through the frozen UNet (MATH §5); `posterior`: maximum likelihood of the "
+        "--teacher's codes under q(z | x_t) (MATH §8), no UNet.",
+    )
+    parser.add_argument(
+        "--teacher",
+        type=str,
+        default=None,
+        help="With --objective posterior: the frozen encoder of clean images whose codes q(z | x_t) is fitted to: a "
+        "saved ScoreVAEEncoder, a ScoreVAEPipeline folder (its encoder) or a saved BetaVAE (its encoder). The trained "
+        "encoder starts as a copy of it unless --init_encoder is given.",
+    )
     parser.add_argument("--beta", type=float, default=0.01, help="KL weight (sums over pixels and latent dims).")
     parser.add_argument("--beta_warmup_steps", type=int, default=0, help="Ramp beta linearly from 0 over N steps.")
     parser.add_argument("--loss_weighting", type=str, default="simple", choices=LOSS_WEIGHTINGS)
@@ -142,6 +168,10 @@ def parse_args(input_args=None):
     parser.add_argument("--hub_token", type=str, default=None)
 
     args = parser.parse_args(input_args)
+    if args.objective == "posterior" and args.teacher is None:
+        raise ValueError("--objective posterior needs --teacher (a ScoreVAEEncoder, ScoreVAEPipeline or BetaVAE).")
+    if args.objective != "posterior" and args.teacher is not None:
+        raise ValueError(f"--teacher is only used with --objective posterior, not --objective {args.objective}.")
     sources = [args.dataset_name, args.train_data_dir, args.fashion_mnist_dir]
     if sum(s is not None for s in sources) != 1:
         raise ValueError("Give exactly one of --dataset_name, --train_data_dir or --fashion_mnist_dir.")
@@ -248,17 +278,27 @@ def load_prior(args):
     return unet, scheduler
 
 
-def load_init_encoder(path: str, record: dict) -> ScoreVAEEncoder:
-    """A saved ScoreVAEEncoder, or the encoder of a saved BetaVAE (same architecture), to start training from."""
+def load_clean_encoder(path: str):
+    """A saved ScoreVAEEncoder, the encoder of a saved ScoreVAEPipeline, or a saved BetaVAE, in float32 (bundled
+    weights may be stored in float16)."""
+    if os.path.isfile(os.path.join(path, "model_index.json")):
+        return ScoreVAEEncoder.from_pretrained(path, subfolder="encoder", torch_dtype=torch.float32)
     config = ScoreVAEEncoder.load_config(path)
     if config.get("_class_name") == "BetaVAE":
         from diffusers_scorevae.models.beta_vae import BetaVAE
 
-        inner = BetaVAE.from_pretrained(path).encoder
-        encoder = ScoreVAEEncoder.from_config(inner.config, prior=record)
-        encoder.load_state_dict(inner.state_dict())
-        return encoder
-    return ScoreVAEEncoder.from_pretrained(path, prior=record)
+        return BetaVAE.from_pretrained(path, torch_dtype=torch.float32)
+    return ScoreVAEEncoder.from_pretrained(path, torch_dtype=torch.float32)
+
+
+def load_init_encoder(path: str, record: dict) -> ScoreVAEEncoder:
+    """A copy of a saved ScoreVAEEncoder, of a ScoreVAEPipeline's encoder, or of a saved BetaVAE's encoder (same
+    architecture), in float32, recording `record` as its prior, to start training from."""
+    model = load_clean_encoder(path)
+    inner = model.encoder if not isinstance(model, ScoreVAEEncoder) else model
+    encoder = ScoreVAEEncoder.from_config(inner.config, prior=record)
+    encoder.load_state_dict(inner.state_dict())
+    return encoder
 
 
 def prior_record(args, unet, scheduler) -> dict:
@@ -394,8 +434,12 @@ def main(args):
     # (the prior record is passed at construction: diffusers' configs drop values registered after __init__ when the
     # argument had taken its default)
     record = prior_record(args, unet, noise_scheduler)
-    if args.init_encoder is not None:
-        encoder = load_init_encoder(args.init_encoder, record)
+    teacher = None
+    if args.objective == "posterior":
+        teacher = load_clean_encoder(args.teacher).requires_grad_(False).eval()
+    init_encoder = args.init_encoder if args.init_encoder is not None or teacher is None else args.teacher
+    if init_encoder is not None:
+        encoder = load_init_encoder(init_encoder, record)
     else:
         encoder = ScoreVAEEncoder(
             sample_size=unet.config.sample_size,
@@ -414,6 +458,10 @@ def main(args):
     logger.info(f"encoder: {sum(p.numel() for p in encoder.parameters()) / 1e6:.3f}M parameters")
     if accelerator.is_main_process and not os.path.exists(os.path.join(args.output_dir, "model_index.json")):
         save_pipeline(args.output_dir, encoder, unet, noise_scheduler)  # the prior in float32, before any cast
+    if args.objective == "posterior" and not args.validation_steps:
+        # the posterior objective reads only the schedule: once the prior is written, the UNet is not needed again
+        accelerator.wait_for_everyone()
+        unet = None
 
     ema_encoder = None
     if args.use_ema:
@@ -464,7 +512,7 @@ def main(args):
     images = load_images(args)
     if args.max_train_samples is not None:
         images = images[: args.max_train_samples]
-    dataset = ImageDataset(images, unet.config.in_channels, resolution, args.center_crop, args.seed or 0)
+    dataset = ImageDataset(images, encoder.config.in_channels, resolution, args.center_crop, args.seed or 0)
     validation_images = torch.stack([dataset[i] for i in range(min(args.num_validation_images, len(dataset)))])
     train_dataloader = torch.utils.data.DataLoader(
         dataset,
@@ -491,7 +539,10 @@ def main(args):
     encoder, optimizer, train_dataloader, lr_scheduler = accelerator.prepare(
         encoder, optimizer, train_dataloader, lr_scheduler
     )
-    unet.to(accelerator.device, dtype=weight_dtype)
+    if unet is not None:
+        unet.to(accelerator.device, dtype=weight_dtype)
+    if teacher is not None:
+        teacher.to(accelerator.device)
     if ema_encoder is not None:
         ema_encoder.to(accelerator.device)
     generator = torch.Generator(device=accelerator.device).manual_seed((args.seed or 0) + accelerator.process_index)
@@ -565,7 +616,8 @@ def main(args):
         range(max_train_steps), initial=global_step, disable=not accelerator.is_local_main_process, desc="Steps"
     )
     log_path = os.path.join(args.output_dir, "train_log.jsonl")
-    running = {"loss": 0.0, "score_loss": 0.0, "prior_loss": 0.0, "kl": 0.0, "n": 0}
+    log_keys = LOG_KEYS[args.objective]
+    running = {key: 0.0 for key in log_keys} | {"n": 0}
     out_of_time = False
     for epoch in range(first_epoch, args.num_epochs if args.max_train_steps is None else 10**9):
         if global_step >= max_train_steps or out_of_time:
@@ -582,23 +634,34 @@ def main(args):
                 clean_images = torch.where(flip.to(clean_images.device)[:, None, None, None], clean_images.flip(-1), clean_images)
             beta = args.beta * min(1.0, global_step / args.beta_warmup_steps) if args.beta_warmup_steps else args.beta
             with accelerator.accumulate(encoder):
-                out = scorevae_loss(
-                    encoder,
-                    unet,
-                    noise_scheduler,
-                    clean_images,
-                    beta=beta,
-                    loss_weighting=args.loss_weighting,
-                    generator=generator,
-                    timestep_distribution=timestep_distribution,
-                )
+                if args.objective == "score":
+                    out = scorevae_loss(
+                        encoder,
+                        unet,
+                        noise_scheduler,
+                        clean_images,
+                        beta=beta,
+                        loss_weighting=args.loss_weighting,
+                        generator=generator,
+                        timestep_distribution=timestep_distribution,
+                    )
+                else:
+                    out = posterior_loss(
+                        encoder,
+                        noise_scheduler,
+                        clean_images,
+                        teacher,
+                        loss_weighting=args.loss_weighting,
+                        generator=generator,
+                        timestep_distribution=timestep_distribution,
+                    )
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(encoder.parameters(), args.max_grad_norm)
                 optimizer.step()
                 lr_scheduler.step()
                 optimizer.zero_grad()
-            for key in ("loss", "score_loss", "prior_loss", "kl"):  # summed on the device: no sync per step
+            for key in log_keys:  # summed on the device: no sync per step
                 running[key] = running[key] + getattr(out, key).detach().float()
             running["n"] += 1
 
@@ -608,11 +671,16 @@ def main(args):
                 global_step += 1
                 progress_bar.update(1)
                 if global_step % args.logging_steps == 0:
-                    logs = {k: float(running[k]) / running["n"] for k in ("loss", "score_loss", "prior_loss", "kl")}
-                    logs.update(lr=lr_scheduler.get_last_lr()[0], beta=beta)
+                    logs = {k: float(running[k]) / running["n"] for k in log_keys}
+                    # seconds since this process started: wall clock, and CPU time of this process (all its threads)
+                    logs.update(
+                        lr=lr_scheduler.get_last_lr()[0], time=time.time() - start_time, cpu_time=time.process_time()
+                    )
+                    if args.objective == "score":
+                        logs["beta"] = beta
                     if ema_encoder is not None:
                         logs["ema_decay"] = ema_encoder.cur_decay_value
-                    progress_bar.set_postfix(loss=f"{logs['loss']:.4g}", kl=f"{logs['kl']:.3g}")
+                    progress_bar.set_postfix(loss=f"{logs['loss']:.4g}")
                     accelerator.log(logs, step=global_step)
                     if accelerator.is_main_process:
                         with open(log_path, "a") as f:
@@ -643,7 +711,7 @@ def main(args):
     # 10. final pipeline (the EMA encoder when --use_ema)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_pipeline(args.output_dir, final_encoder(), unet.to(torch.float32), noise_scheduler)
+        save_pipeline(args.output_dir, final_encoder(), unet and unet.to(torch.float32), noise_scheduler)
         if args.push_to_hub:
             from diffusers_scorevae.hub import push_pipeline_to_hub
 

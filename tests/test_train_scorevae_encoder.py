@@ -130,11 +130,57 @@ def test_two_processes(prior_and_images, tmp_path):
     ScoreVAEPipeline.from_pretrained(out)
 
 
+@pytest.mark.parametrize("teacher_kind", ["scorevae_encoder", "beta_vae"])
+def test_posterior_objective_then_score_objective(prior_and_images, tmp_path, teacher_kind):
+    """The documented recipe: posterior matching against a frozen teacher, then score matching from its result."""
+    teacher_dir = tmp_path / "teacher"
+    config = dict(sample_size=8, in_channels=3, latent_dim=8, block_out_channels=(8, 16), norm_num_groups=4)
+    torch.manual_seed(0)
+    if teacher_kind == "beta_vae":
+        from diffusers_scorevae import BetaVAE
+
+        teacher = BetaVAE(**config)
+        torch.nn.init.normal_(teacher.encoder.proj_out.weight, std=0.05)
+        teacher_encoder = teacher.encoder
+    else:
+        teacher = ScoreVAEEncoder(down_block_types=("DownBlock2D",) * 2, **config)
+        torch.nn.init.normal_(teacher.proj_out.weight, std=0.05)
+        teacher_encoder = teacher
+    teacher.save_pretrained(teacher_dir)
+
+    posterior_dir = tmp_path / "posterior"
+    result = run_script(
+        base_args(prior_and_images, posterior_dir, 4, "--objective", "posterior", "--teacher", str(teacher_dir))
+        + ["--logging_steps", "2", "--checkpointing_steps", "2", "--use_ema"]
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [json.loads(line) for line in open(posterior_dir / "train_log.jsonl")]
+    assert {"step", "loss", "nll", "teacher_kl", "cpu_time"} <= set(logs[-1]) and logs[-1]["step"] == 4
+    pipe = ScoreVAEPipeline.from_pretrained(posterior_dir)
+    trained = pipe.encoder.state_dict()
+    # the student starts as a copy of the teacher's encoder and moves; the teacher's folder is untouched
+    start = teacher_encoder.state_dict()
+    assert set(trained) == set(start) and any(not torch.equal(trained[k], start[k]) for k in trained)
+    reloaded = type(teacher).from_pretrained(teacher_dir).state_dict()
+    assert all(torch.equal(reloaded[k], v) for k, v in teacher.state_dict().items())
+    assert pipe.encoder.config.prior["name_or_path"] == os.path.abspath(prior_and_images / "prior")
+
+    score_dir = tmp_path / "score"
+    init = str(posterior_dir / "encoder")
+    result = run_script(base_args(prior_and_images, score_dir, 2, "--init_encoder", init, "--logging_steps", "1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    logs = [json.loads(line) for line in open(score_dir / "train_log.jsonl")]
+    assert {"score_loss", "prior_loss", "kl"} <= set(logs[-1])
+    ScoreVAEPipeline.from_pretrained(score_dir)
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [
         (["--resolution", "16"], "resolution"),
         (["--resume_from_checkpoint", "somewhere"], "resume_from_checkpoint"),
+        (["--objective", "posterior"], "--teacher"),
+        (["--teacher", "somewhere"], "--teacher"),
     ],
 )
 def test_clear_errors_before_training(prior_and_images, tmp_path, extra, match):
