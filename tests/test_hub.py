@@ -1,15 +1,10 @@
-"""The Hub: loading by repo id (through a real Hugging Face cache, offline), pushing with a model card (uploads
-captured), the encoder's prior record.
+"""The Hub: loading by repo id (through a real Hugging Face cache, offline: see hub_cache.py) and from folders, as
+`DiffusionPipeline` loads (weights formats, variants, dtypes); pushing with a model card (uploads captured); the
+encoder's prior record."""
 
-No network: the repos are written as `huggingface_hub` lays out its cache (`models--org--name/{blobs,snapshots,refs,
-trees}`), and loading runs with `HF_HUB_OFFLINE=1`, so huggingface_hub answers from the cache through the same code a
-networked run takes. The cached file listing (`trees/<commit>.json`, which `snapshot_download` writes) may name files
-that were never downloaded (`remote_only`): loading must then not need them, which checks what a download fetches.
-"""
-
-import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -27,7 +22,9 @@ import PIL.Image
 import pytest
 import torch
 from conftest import LATENT_DIM, make_encoder, make_unet
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline
+from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DiffusionPipeline, UNet2DModel
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from hub_cache import go_offline, write_cached_repo
 from huggingface_hub import HfApi, ModelCard
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
@@ -50,39 +47,6 @@ PRIOR_RECORD = {
     "in_channels": 3,
 }
 PICKLE = b"\x80\x04K\x01."  # a pickle: it must never be fetched, let alone loaded
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# a Hugging Face cache on disk
-
-
-def write_cached_repo(cache_dir, repo_id, folder=None, ref="main", remote_only=None, files=None) -> str:
-    """Write `folder` (and `files`, {path: bytes}) as snapshot `ref` of `repo_id` in the huggingface_hub cache
-    layout; `remote_only` ({path: bytes}) are in the cached listing only (on the "Hub", never downloaded).
-
-    Returns the commit hash."""
-    contents = dict(files or {})
-    if folder is not None:
-        contents.update(
-            {p.relative_to(folder).as_posix(): p.read_bytes() for p in Path(folder).rglob("*") if p.is_file()}
-        )
-    listing = {**contents, **(remote_only or {})}
-    commit = hashlib.sha1(json.dumps(sorted((k, hashlib.sha1(v).hexdigest()) for k, v in listing.items())).encode())
-    commit = hashlib.sha1((repo_id + ref + commit.hexdigest()).encode()).hexdigest()
-    storage = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
-    for path, data in contents.items():
-        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        pointer = storage / "snapshots" / commit / path
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        pointer.symlink_to(os.path.relpath(blob, pointer.parent))
-    (storage / "refs").mkdir(parents=True, exist_ok=True)
-    (storage / "refs" / ref).write_text(commit)
-    tree = {path: {"size": len(data), "blob_id": hashlib.sha1(data).hexdigest()} for path, data in listing.items()}
-    (storage / "trees").mkdir(exist_ok=True)
-    (storage / "trees" / f"{commit}.json").write_text(json.dumps({"format_version": 1, "files": tree}))
-    return commit
 
 
 def encoder_with_prior(seed: int = 0, **kwargs) -> ScoreVAEEncoder:
@@ -167,15 +131,7 @@ def hub(tmp_path_factory):
 
 @pytest.fixture
 def offline_hub(hub, monkeypatch, tmp_path):
-    """Point huggingface_hub at the cache and turn the network off. Its constants are read at import, so patch them
-    as well as the environment (diffusers re-exports `HF_HUB_OFFLINE` for its user agent)."""
-    env = {"HF_HUB_CACHE": str(hub.cache), "HF_HOME": str(tmp_path / "hf_home"), "HF_HUB_OFFLINE": "1"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(hub.cache))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HOME", str(tmp_path / "hf_home"))
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
-    monkeypatch.setattr(diffusers.utils.hub_utils, "HF_HUB_OFFLINE", True)
+    go_offline(monkeypatch, hub.cache, tmp_path / "hf_home")
     return hub
 
 
@@ -267,17 +223,176 @@ def test_encoder_beside_another_unet_is_a_value_error(offline_hub, kwargs):
         ScoreVAEPipeline.from_pretrained("org/scorevae", encoder=make_encoder(**kwargs))
 
 
-def test_pickles_need_an_explicit_opt_in(offline_hub):
+def test_bin_weights_load_as_in_diffusers(offline_hub):
+    """`.bin`-only weights load by default, as in diffusers (`torch.load(weights_only=True)`: tensors, no code);
+    `use_safetensors=True` refuses them."""
     encoder = ScoreVAEEncoder.from_pretrained("org/encoder")
-    for load in (
-        lambda **kw: ScoreVAEPipeline.from_pretrained("org/pickled-prior", encoder=encoder, **kw),
-        lambda **kw: ScoreVAEPipeline.from_pretrained(str(offline_hub.src / "pickled"), encoder=encoder, **kw),
-        lambda **kw: ScoreVAEEncoder.from_pretrained("org/pickled-encoder", **kw),
-        lambda **kw: ScoreVAEEncoder.from_pretrained(str(offline_hub.src / "pickled-encoder"), **kw),
+
+    def pipeline_unet(name, **kwargs):
+        return ScoreVAEPipeline.from_pretrained(name, encoder=encoder, **kwargs).unet
+
+    for load, name, reference in (
+        (pipeline_unet, "org/pickled-prior", offline_hub.unet),
+        (pipeline_unet, offline_hub.src / "pickled", offline_hub.unet),
+        (ScoreVAEEncoder.from_pretrained, "org/pickled-encoder", offline_hub.encoder),
+        (ScoreVAEEncoder.from_pretrained, offline_hub.src / "pickled-encoder", offline_hub.encoder),
     ):
-        with pytest.raises(OSError, match="use_safetensors=False"):
-            load()
-        assert load(use_safetensors=False) is not None
+        # (the pipeline's message adds how to load them; the encoder's is diffusers')
+        hint = re.escape(PICKLE_HINT) if load is pipeline_unet else "safetensors"
+        with pytest.raises(OSError, match=hint):
+            load(name, use_safetensors=True)
+        assert same_weights(load(name), reference) and same_weights(load(name, use_safetensors=False), reference)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# saving and loading as DiffusionPipeline does
+
+
+class ReferencePipeline(DiffusionPipeline):
+    """The same components loaded by diffusers alone: what `ScoreVAEPipeline.from_pretrained` must match."""
+
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, encoder: ScoreVAEEncoder):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
+
+
+def perturbed(pipe: ScoreVAEPipeline, seed: int) -> ScoreVAEPipeline:
+    """`pipe` with other weights in both models, to tell which file a loaded model came from."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for module in (pipe.unet, pipe.encoder):
+            for parameter in module.parameters():
+                parameter.add_(0.01 * torch.randn(parameter.shape, generator=generator))
+    return pipe
+
+
+def save_folders(root: Path) -> dict:
+    """Pipeline folders as diffusers writes them: each weights format, variants, and mixtures; `A` and `B` are two
+    sets of weights."""
+    a, b = tiny_pipeline(seed=1), perturbed(tiny_pipeline(seed=1), seed=7)
+    writes = {
+        "safetensors": [lambda d: a.save_pretrained(d)],
+        "bin": [lambda d: a.save_pretrained(d, safe_serialization=False)],
+        "both": [lambda d: a.save_pretrained(d), lambda d: b.save_pretrained(d, safe_serialization=False)],
+        "fp16": [lambda d: a.save_pretrained(d), lambda d: b.save_pretrained(d, variant="fp16")],
+        "fp16-bin-only": [lambda d: a.save_pretrained(d, variant="fp16", safe_serialization=False)],
+        "unet-fp16-bin": [
+            lambda d: a.save_pretrained(d),
+            lambda d: b.unet.save_pretrained(d / "unet", variant="fp16", safe_serialization=False),
+        ],
+        "encoder-bin": [
+            lambda d: a.save_pretrained(d),
+            lambda d: (d / "encoder" / "diffusion_pytorch_model.safetensors").unlink(),
+            lambda d: b.encoder.save_pretrained(d / "encoder", safe_serialization=False),
+        ],
+    }
+    for name, steps in writes.items():
+        for step in steps:
+            step(root / name)
+    return {"A": a, "B": b, "folders": {name: root / name for name in writes}}
+
+
+LOAD_KWARGS = [
+    {},
+    {"use_safetensors": True},
+    {"use_safetensors": False},
+    {"variant": "fp16"},
+    {"variant": "fp16", "use_safetensors": True},
+    {"variant": "fp16", "use_safetensors": False},
+    {"torch_dtype": torch.float16},
+    {"torch_dtype": {"unet": torch.float16, "default": torch.bfloat16}},
+    {"dtype": {"encoder": torch.bfloat16}},
+]
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    root = tmp_path_factory.mktemp("saved")
+    parts = save_folders(root / "src")
+    parts["cache"] = root / "cache"
+    for name, folder in parts["folders"].items():
+        write_cached_repo(parts["cache"], f"org/saved-{name}", folder)
+    return parts
+
+
+def load_outcome(load, sources: dict) -> tuple:
+    """What loading gave: the error type, or each model's dtype and which weights (`sources`' keys) it holds."""
+    try:
+        pipe = load()
+    except (OSError, ValueError) as error:
+        return ("error", OSError if isinstance(error, OSError) else ValueError)
+    held = {}
+    for name in ("unet", "encoder"):
+        module = getattr(pipe, name)
+        matches = [key for key, source in sources.items() if same_weights(module, getattr(source, name), module.dtype)]
+        held[name] = (module.dtype, matches)
+    return ("loaded", type(pipe.scheduler).__name__, held)
+
+
+@pytest.mark.parametrize("folder", ["safetensors", "bin", "both", "fp16", "fp16-bin-only", "unet-fp16-bin", "encoder-bin"])
+def test_loading_matches_diffusion_pipeline(saved, folder, monkeypatch, tmp_path):
+    """For every weights layout diffusers writes and every `use_safetensors` / `variant` / `torch_dtype` (dtype or
+    per-component dict), `ScoreVAEPipeline.from_pretrained` loads what `DiffusionPipeline.from_pretrained` loads (or
+    fails as it fails), from the folder and by repo id."""
+    go_offline(monkeypatch, saved["cache"], tmp_path)
+    sources = {"A": saved["A"], "B": saved["B"]}
+    for kwargs in LOAD_KWARGS:
+        path = saved["folders"][folder]
+        expected = load_outcome(lambda: ReferencePipeline.from_pretrained(path, **kwargs), sources)
+        local = load_outcome(lambda: ScoreVAEPipeline.from_pretrained(path, **kwargs), sources)
+        by_id = load_outcome(lambda: ScoreVAEPipeline.from_pretrained(f"org/saved-{folder}", **kwargs), sources)
+        assert local == by_id == expected, kwargs
+
+
+@pytest.mark.parametrize("safe_serialization", [True, False])
+@pytest.mark.parametrize("variant", [None, "fp16"])
+def test_save_pretrained_round_trip(tmp_path, safe_serialization, variant):
+    """The diffusers round trip, in every format: `save_pretrained(d, ...)` then `from_pretrained(d)`."""
+    pipe = tiny_pipeline(seed=1)
+    pipe.save_pretrained(tmp_path, safe_serialization=safe_serialization, variant=variant)
+    dtype = torch.float16 if variant else torch.float32
+    loaded = ScoreVAEPipeline.from_pretrained(tmp_path, variant=variant, torch_dtype=dtype)
+    assert loaded.unet.dtype == loaded.encoder.dtype == dtype
+    for name in ("unet", "encoder"):
+        assert same_weights(getattr(loaded, name), getattr(pipe, name), dtype)
+    if variant is None:
+        assert torch.equal(decode(loaded), decode(pipe))
+
+
+def test_torch_dtype_per_component(saved):
+    encoder = saved["A"].encoder
+    pipe = ScoreVAEPipeline.from_pretrained(
+        saved["folders"]["safetensors"], encoder=encoder, torch_dtype={"unet": torch.float16, "encoder": torch.bfloat16}
+    )
+    assert pipe.unet.dtype == torch.float16 and pipe.encoder is encoder and encoder.dtype == torch.float32  # passed
+    pipe = ScoreVAEPipeline.from_pretrained(saved["folders"]["safetensors"], torch_dtype={"default": torch.bfloat16})
+    assert pipe.unet.dtype == pipe.encoder.dtype == torch.bfloat16
+
+
+class _RunsCode:
+    """Unpickled in full, this creates `path`: what a malicious `.bin` could do."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_bin_weights_never_run_code(tmp_path):
+    """A `.bin` is read with `torch.load(weights_only=True)`: a pickle that would run code is an error, not a run."""
+    marker = tmp_path / "code-ran"
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path / "pipe", safe_serialization=False)
+    weights = tmp_path / "pipe" / "encoder" / "diffusion_pytorch_model.bin"
+    torch.save({"proj_out.weight": _RunsCode(marker)}, weights)
+    with pytest.raises(OSError):
+        ScoreVAEPipeline.from_pretrained(tmp_path / "pipe")
+    with pytest.raises(OSError):
+        ScoreVAEEncoder.from_pretrained(tmp_path / "pipe", subfolder="encoder")
+    assert not marker.exists()
+    torch.load(weights, weights_only=False)  # the check is real: a full unpickle runs it
+    assert marker.exists()
 
 
 def test_custom_pipeline_is_refused():
@@ -319,12 +434,17 @@ def test_select_pipeline_files():
         "unet/diffusion_pytorch_model.fp16-00002-of-00002.safetensors",
         "unet/diffusion_pytorch_model.safetensors.index.fp16.json",
     ]
-    # use_safetensors as diffusers' models read it: False = `.bin` only, None = safetensors where present
+    # use_safetensors as diffusers reads it: None (default) = safetensors where present, False = `.bin` only
     pickles = select_pipeline_files(files, index, use_safetensors=False, passed_components=["encoder"])
     assert "unet/diffusion_pytorch_model.bin" in pickles and "unet/diffusion_pytorch_model.safetensors" not in pickles
     with pytest.raises(OSError, match="no bin weights for `encoder`"):
         select_pipeline_files(files, index, use_safetensors=False)
-    assert select_pipeline_files(files, index, use_safetensors=None) == select_pipeline_files(files, index)
+    assert select_pipeline_files(files, index, use_safetensors=True) == select_pipeline_files(files, index)
+    # the variant first (as diffusers picks it in a folder), then the format
+    files.append("encoder/diffusion_pytorch_model.fp16.bin")
+    assert "encoder/diffusion_pytorch_model.fp16.bin" in select_pipeline_files(files, index, variant="fp16")
+    with pytest.raises(OSError, match="no fp16 safetensors weights for `encoder`"):
+        select_pipeline_files(files, index, variant="fp16", use_safetensors=True)
 
 
 def test_pipeline_from_repo_id_in_a_fresh_process(hub, tmp_path):
@@ -509,6 +629,23 @@ def test_push_pipeline_to_hub_from_a_training_run(uploads, tmp_path):
         assert text in card.text
 
 
+def test_push_pipeline_to_hub_refuses_bin_weights(uploads, tmp_path):
+    tiny_pipeline().save_pretrained(tmp_path, safe_serialization=False)
+    with pytest.raises(OSError, match="no safetensors weights"):
+        push_pipeline_to_hub(str(tmp_path), "org/run", Namespace())
+    assert not uploads
+
+
+def test_model_card_of_a_saved_pipeline_folder(tmp_path):
+    """`push_pipeline_to_hub` writes the card from the saved configs: the same card as from the loaded pipeline
+    (including the prior notes: this pipeline decodes with DDIM, its encoder was trained with DDPM)."""
+    pipe = tiny_pipeline()
+    pipe.save_pretrained(tmp_path)
+    card = create_model_card(tmp_path, "org/x", training={"beta": 0.1})
+    assert str(card) == str(create_model_card(pipe, "org/x", training={"beta": 0.1}))
+    assert "- scheduler is 'DDIMScheduler', trained with 'DDPMScheduler'" in card.text
+
+
 def test_training_script_push_to_hub(hub, tmp_path):
     """`examples/train_scorevae_encoder.py --push_to_hub` in a fresh process, with `HfApi`'s upload captured."""
     images = tmp_path / "images"
@@ -585,7 +722,3 @@ def test_describe_prior_compatibility():
     notes = describe_prior_compatibility(encoder, make_unet(sample_size=16))
     assert notes == ["incompatible: sample_size is 16, the encoder was trained at 8."]
     assert "records no prior" in describe_prior_compatibility(make_encoder(), unet)[0]
-
-
-def test_pickle_hint_names_the_opt_in():
-    assert "use_safetensors=False" in PICKLE_HINT

@@ -12,7 +12,7 @@ from diffusers.models.unets.unet_2d_blocks import get_down_block
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..hub import ScoreVAEHubMixin
+from ..hub.mixins import ScoreVAEHubMixin
 
 
 @dataclass
@@ -55,8 +55,8 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
     you wrap and check `benchmarks/bench_decode.py`.
 
     Loading and pushing: `from_pretrained` takes a Hub repo id or a folder (with `subfolder="encoder"` for a pipeline's
-    encoder) and loads safetensors only unless `use_safetensors=False`; `push_to_hub` uploads safetensors and a model
-    card ([`~diffusers_scorevae.hub.ScoreVAEHubMixin`]).
+    encoder), as any diffusers model; `push_to_hub` uploads safetensors and a model card
+    ([`~diffusers_scorevae.hub.ScoreVAEHubMixin`]).
 
     Parameters:
         sample_size (`int` or `Tuple[int, int]`, *optional*, defaults to 32):

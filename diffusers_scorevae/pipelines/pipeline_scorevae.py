@@ -17,7 +17,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..hub import ScoreVAEPipelineHubMixin
+from ..hub.mixins import ScoreVAEPipelineHubMixin
 from ..inversion import (
     DiffusionBound,
     check_8bit,
@@ -42,7 +42,7 @@ EXAMPLE_DOC_STRING = """
         >>> from diffusers import DDIMScheduler, UNet2DModel
         >>> from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 
-        >>> # any unconditional UNet2DModel (e.g. UNet2DModel.from_pretrained("google/ddpm-cifar10-32", subfolder="unet"))
+        >>> # any unconditional UNet2DModel (e.g. UNet2DModel.from_pretrained("google/ddpm-cifar10-32"))
         >>> unet = UNet2DModel(sample_size=8, in_channels=3, out_channels=3, block_out_channels=(8, 16),
         ...                    norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"),
         ...                    up_block_types=("UpBlock2D", "UpBlock2D"))
@@ -107,8 +107,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
     This model inherits from [`DiffusionPipeline`]. Check the superclass documentation for the generic methods
     implemented for all pipelines (downloading, saving, running on a particular device, etc.).
     `ScoreVAEPipeline.from_pretrained` loads a ScoreVAE pipeline, or a plain prior plus `encoder=`, by Hub repo id or
-    folder (safetensors only unless `use_safetensors=False`); `push_to_hub` adds a model card
-    ([`~diffusers_scorevae.hub.ScoreVAEPipelineHubMixin`]).
+    folder, with `DiffusionPipeline.from_pretrained`'s arguments and weights rules; `push_to_hub` uploads safetensors
+    with a model card ([`~diffusers_scorevae.hub.ScoreVAEPipelineHubMixin`]).
 
     Parameters:
         unet ([`UNet2DModel`]):

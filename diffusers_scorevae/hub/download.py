@@ -1,0 +1,246 @@
+"""Which files loading a pipeline needs, fetching them from the Hub (online or from the cache), and loading a prior.
+
+diffusers' own `DiffusionPipeline.download` refuses a component whose module is outside diffusers and transformers
+(our `encoder`), so [`download_pipeline`] picks the files itself and fetches them with `snapshot_download`. It follows
+the rules diffusers applies to a local folder, per component, so a repo id and its local copy load alike.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import diffusers
+from diffusers import UNet2DModel
+from diffusers.utils import logging
+from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+
+try:  # recent huggingface_hub: the file listing that an earlier `snapshot_download` cached
+    from huggingface_hub import get_cached_repo_tree
+    from huggingface_hub.errors import CachedRepoTreeNotFoundError
+except ImportError:  # pragma: no cover - older huggingface_hub: list the cached snapshot instead
+    get_cached_repo_tree = CachedRepoTreeNotFoundError = None
+
+logger = logging.get_logger(__name__)
+
+PICKLE_HINT = (
+    "`use_safetensors=True` loads safetensors weights only. Leave it unset (`None`, as in diffusers) to load `.bin` "
+    "weights where a component has no safetensors; they are read with `torch.load(weights_only=True)`, which loads "
+    "tensors and runs no code."
+)
+# "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+# "diffusion_pytorch_model-00001-of-00002.safetensors", "diffusion_pytorch_model.fp16-00001-of-00002.bin", ...
+_WEIGHTS_RE = re.compile(
+    r"^(?:diffusion_pytorch_model|model|pytorch_model)(?:\.(?P<variant>[\w-]+?))?(?:-\d{5}-of-\d{5})?"
+    r"\.(?P<format>safetensors|bin)$"
+)
+# "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.safetensors.index.fp16.json"
+_INDEX_RE = re.compile(
+    r"^(?:diffusion_pytorch_model|model|pytorch_model)\.(?P<format>safetensors|bin)\.index(?:\.(?P<variant>[\w-]+))?"
+    r"\.json$"
+)
+_COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
+_EXAMPLE_COMPONENT = {"encoder": 'ScoreVAEEncoder.from_pretrained("org/encoder")', "scheduler": "DDIMScheduler()"}
+
+
+def select_pipeline_files(
+    files,
+    model_index: dict,
+    required_components=(),
+    passed_components=(),
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    name: str = "the repository",
+) -> list[str]:
+    """
+    The files of a pipeline repo (or folder) that loading it needs, from the list of all its files.
+
+    A component's files are in its folder (`unet/`), or at the root for the flat layout of early diffusers repos
+    (`google/ddpm-cifar10-32`: `config.json`, the weights and `scheduler_config.json` beside `model_index.json`).
+    Weights are chosen per component as `DiffusionPipeline.from_pretrained` chooses them in a local folder: the
+    `variant` weights where the component has them (else its plain weights), then safetensors where present.
+
+    Args:
+        files (`Iterable[str]`):
+            Every file of the repo, as `/`-separated paths relative to its root.
+        model_index (`dict`):
+            The repo's `model_index.json`.
+        required_components (`Iterable[str]`, *optional*):
+            The components the loading pipeline needs (its `__init__` arguments): each must be in `model_index` or
+            passed, and only their files are selected. Defaults to every component `model_index` names.
+        passed_components (`Iterable[str]`, *optional*):
+            Components given to `from_pretrained` as objects: their files are not needed.
+        variant (`str`, *optional*):
+            Weights variant (`"fp16"`): `diffusion_pytorch_model.fp16.safetensors` where a component has it, the plain
+            weights elsewhere; at least one component must have it.
+        use_safetensors (`bool`, *optional*):
+            As in diffusers: `None` (default) safetensors where present, else `.bin`; `True` safetensors only; `False`
+            `.bin` only.
+        name (`str`, *optional*):
+            The repo id or folder, for error messages.
+
+    Returns:
+        `List[str]`: sorted paths: `model_index.json`, the chosen weights, and the configs.
+    """
+    files = set(files) - set(model_index.get("_ignore_files", []))
+    components = {
+        key: value
+        for key, value in model_index.items()
+        if not key.startswith("_") and isinstance(value, (list, tuple)) and value and value[0] is not None
+    }
+    missing = sorted(set(required_components) - set(components) - set(passed_components))
+    if missing:
+        raise ValueError(
+            f"{name} has no {missing} (its model_index.json names {model_index.get('_class_name')} with "
+            f"{sorted(components)}): pass them to `from_pretrained`, e.g. "
+            f"`{missing[0]}={_EXAMPLE_COMPONENT.get(missing[0], '...')}`."
+        )
+
+    selected, weights = {"model_index.json"}, {}
+    for component in sorted(set(required_components or components) - set(passed_components)):
+        folder = component if any(f.startswith(component + "/") for f in files) else ""  # "": the flat layout
+        in_folder = {f for f in files if os.path.dirname(f) == folder}
+        if folder or not components[component][1].endswith("Scheduler"):  # root weights are the model's
+            weights[component] = {f: match for f in in_folder if (match := _match_weights(f))}
+        if weights.get(component):  # a model: its config, and weights chosen below
+            selected |= {f"{component}/config.json"} & files if folder else _root_json(files)
+        else:  # a scheduler (or any component without weights): all its files
+            weights.pop(component, None)
+            selected |= {f for f in files if f.startswith(component + "/")} if folder else _root_json(files)
+    if variant is not None and not any(m["variant"] == variant for w in weights.values() for m in w.values()):
+        raise ValueError(
+            f"variant={variant!r}, but no component of {name} has `{variant}` weights (files like "
+            f"`diffusion_pytorch_model.{variant}.safetensors`); leave `variant` unset to load the plain weights."
+        )
+
+    for component, found in weights.items():
+        has_variant = variant is not None and any(m["variant"] == variant for m in found.values())
+        usable = {f: m for f, m in found.items() if m["variant"] == (variant if has_variant else None)}
+        formats = {True: {"safetensors"}, False: {"bin"}}.get(use_safetensors)
+        if formats is None:
+            formats = {"safetensors"} if any(m["format"] == "safetensors" for m in usable.values()) else {"bin"}
+        chosen = {f for f, m in usable.items() if m["format"] in formats}
+        if not chosen:
+            kind = f"{variant} " if has_variant else "plain (non-variant) " if variant is not None else ""
+            raise OSError(
+                f"{name} has no {kind}{' or '.join(sorted(formats))} weights for `{component}` (it has "
+                f"{sorted(found)}). {PICKLE_HINT if use_safetensors else ''}".rstrip()
+            )
+        selected |= chosen
+    return sorted(selected)
+
+
+def _match_weights(path: str):
+    filename = os.path.basename(path)
+    return _WEIGHTS_RE.match(filename) or _INDEX_RE.match(filename)
+
+
+def _root_json(files) -> set[str]:
+    return {f for f in files if "/" not in f and f.endswith(".json")}
+
+
+def download_pipeline(
+    repo_id: str,
+    required_components=(),
+    passed_components=(),
+    cache_dir: str | os.PathLike | None = None,
+    force_download: bool = False,
+    local_files_only: bool | None = None,
+    token: str | bool | None = None,
+    revision: str | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+) -> str:
+    """
+    Download what loading a pipeline from Hub repo `repo_id` needs, and return the local snapshot folder.
+
+    The same code runs online and offline: `huggingface_hub` answers from its cache when it cannot reach the Hub (or
+    with `HF_HUB_OFFLINE=1` / `local_files_only=True`), and the file list comes from the Hub, else from the listing
+    cached by an earlier download, else from the cached snapshot itself. See [`select_pipeline_files`] for the
+    arguments.
+
+    Returns:
+        `str`: the snapshot folder, pinned to the commit `revision` resolved to.
+    """
+    local_files_only = bool(local_files_only)
+    download_kwargs = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
+    index_file = hf_hub_download(
+        repo_id, "model_index.json", revision=revision, force_download=force_download, **download_kwargs
+    )
+    snapshot_folder = Path(index_file).parent
+    # every later file comes from the commit this model_index.json came from
+    commit = snapshot_folder.name if _COMMIT_RE.match(snapshot_folder.name) else revision
+    with open(index_file, encoding="utf-8") as f:
+        model_index = json.load(f)
+
+    files = _list_repo_files(repo_id, commit, snapshot_folder, **download_kwargs)
+    allow_patterns = select_pipeline_files(
+        files,
+        model_index,
+        required_components=required_components,
+        passed_components=passed_components,
+        variant=variant,
+        use_safetensors=use_safetensors,
+        name=repo_id,
+    )
+    return snapshot_download(
+        repo_id, revision=commit, allow_patterns=allow_patterns, force_download=force_download, **download_kwargs
+    )
+
+
+def _list_repo_files(repo_id, revision, snapshot_folder: Path, cache_dir, local_files_only, token) -> list[str]:
+    """All files of `repo_id` at `revision`: from the Hub, else the cached listing, else the cached snapshot."""
+    if not local_files_only:
+        try:
+            return HfApi(token=token).list_repo_files(repo_id, revision=revision)
+        except Exception as e:  # offline mode, no connection, Hub down (transport errors vary across versions)
+            logger.info(f"Could not list the files of {repo_id} on the Hub ({e}); using the local cache.")
+    if get_cached_repo_tree is not None:
+        try:
+            return [f.path for f in get_cached_repo_tree(repo_id, revision=revision, cache_dir=cache_dir)]
+        except CachedRepoTreeNotFoundError as e:
+            logger.info(f"No cached file listing for {repo_id} ({e}); using the cached snapshot.")
+    return list_folder_files(snapshot_folder)
+
+
+def list_folder_files(folder: str | os.PathLike) -> list[str]:
+    """Every file under `folder`, as `/`-separated paths relative to it."""
+    return [p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()]
+
+
+def load_prior(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
+    r"""
+    Load the prior of a pipeline: its `unet` and its `scheduler` (of the class it was saved with), from a Hub repo id
+    or a folder, in either layout: `unet/` + `scheduler/` folders (`DDPMPipeline.save_pretrained`, or a ScoreVAE
+    pipeline, whose encoder is not loaded), or everything at the root (`google/ddpm-cifar10-32`, ...).
+
+    Args:
+        pretrained_model_name_or_path (`str` or `os.PathLike`):
+            Hub repo id or folder.
+        kwargs:
+            `revision`, `cache_dir`, `force_download`, `local_files_only`, `token` (where the files come from), and
+            `variant`, `use_safetensors`, `torch_dtype` with their meanings in `UNet2DModel.from_pretrained`.
+
+    Returns:
+        `Tuple[UNet2DModel, SchedulerMixin]`: the UNet (in eval mode) and the scheduler.
+    """
+    hub_keys = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+    hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
+    folder = str(pretrained_model_name_or_path)
+    if not os.path.isdir(folder):
+        folder = download_pipeline(
+            folder,
+            required_components=("unet", "scheduler"),
+            variant=kwargs.get("variant"),
+            use_safetensors=kwargs.get("use_safetensors"),
+            **hub_kwargs,
+        )
+
+    def subfolder(name):  # None: the flat layout
+        return name if os.path.isdir(os.path.join(folder, name)) else None
+
+    unet = UNet2DModel.from_pretrained(folder, subfolder=subfolder("unet"), **kwargs)
+    config = diffusers.DDPMScheduler.load_config(folder, subfolder=subfolder("scheduler"))
+    return unet, getattr(diffusers, config["_class_name"]).from_config(config)

@@ -1,0 +1,188 @@
+"""What [`ScoreVAEEncoder`] and [`ScoreVAEPipeline`] add to diffusers' `from_pretrained` / `save_pretrained` /
+`push_to_hub`: loading pipelines by repo id (diffusers' own download refuses our encoder), and pushes that upload
+safetensors weights with a ScoreVAE model card. Everything else is diffusers' behaviour, unchanged."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+from .download import download_pipeline, list_folder_files, select_pipeline_files
+from .upload import check_safe_serialization, upload_with_model_card
+
+_CARD_KEYS = ("metrics", "training", "datasets", "license")
+
+
+class ScoreVAEHubMixin:
+    """
+    Pushing for [`ScoreVAEEncoder`] and [`ScoreVAEPipeline`]: `push_to_hub` and `save_pretrained(push_to_hub=True)`
+    upload safetensors weights with the model card of [`create_model_card`] instead of diffusers' generic one.
+    """
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        max_shard_size: int | str | None = None,
+        push_to_hub: bool = False,
+        **kwargs,
+    ):
+        r"""
+        Save to `save_directory` as diffusers does (see its `save_pretrained` for every argument). With
+        `push_to_hub=True`, also write the ScoreVAE model card to `save_directory/README.md` and upload the folder to
+        `repo_id` (`commit_message`, `private`, `token`, `create_pr`, and the card's `metrics`, `training`,
+        `datasets`, `license` are read from `kwargs`); the weights must then be safetensors.
+        """
+        # named arguments, not *args: diffusers' pipeline saving inspects this signature for `variant` & co
+        save_kwargs = {"safe_serialization": safe_serialization, "variant": variant, **kwargs}
+        if max_shard_size is not None:
+            save_kwargs["max_shard_size"] = max_shard_size
+        if not push_to_hub:
+            return super().save_pretrained(save_directory, **save_kwargs)
+        check_safe_serialization(safe_serialization)
+        hub_keys = ("commit_message", "private", "token", "create_pr")
+        hub_kwargs = {key: save_kwargs.pop(key) for key in hub_keys + _CARD_KEYS if key in save_kwargs}
+        repo_id = save_kwargs.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
+        super().save_pretrained(save_directory, **save_kwargs)
+        hub_kwargs.setdefault("commit_message", f"Upload {type(self).__name__}")
+        return upload_with_model_card(save_directory, repo_id, model=self, **hub_kwargs)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        commit_message: str | None = None,
+        private: bool | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+        safe_serialization: bool = True,
+        variant: str | None = None,
+        subfolder: str | None = None,
+        metrics: dict | None = None,
+        training: dict | None = None,
+        datasets: list[str] | None = None,
+        license: str | None = "apache-2.0",
+    ):
+        r"""
+        Upload the safetensors weights, the configs and a ScoreVAE model card (`README.md`) to the Hub repo `repo_id`,
+        creating it if needed.
+
+        Args:
+            repo_id (`str`):
+                The repo to push to (`"name"` pushes to your namespace).
+            commit_message (`str`, *optional*):
+                Defaults to `"Upload <class name>"`.
+            private (`bool`, *optional*):
+                Whether a newly created repo is private.
+            token (`str`, *optional*):
+                Hub token; defaults to the stored one.
+            create_pr (`bool`, *optional*, defaults to `False`):
+                Open a pull request instead of committing to the main branch.
+            safe_serialization (`bool`, *optional*, defaults to `True`):
+                Must be `True`: ScoreVAE publishes safetensors only.
+            variant (`str`, *optional*):
+                Save the weights as `diffusion_pytorch_model.<variant>.safetensors`.
+            subfolder (`str`, *optional*):
+                Upload into this folder of the repo (then no model card is written, as in diffusers).
+            metrics (`dict`, *optional*):
+                Evaluation numbers for the card (e.g. `{"reconstruction L2": 3.1}`).
+            training (`dict`, *optional*):
+                Training settings for the card (`beta`, `loss_weighting`, `max_train_steps`, `final_loss`, ...).
+            datasets (`List[str]`, *optional*):
+                Hub ids of the training data, for the card's metadata.
+            license (`str`, *optional*, defaults to `"apache-2.0"`):
+                The weights' license; set it to the prior's when that is more restrictive.
+
+        Returns:
+            The `huggingface_hub` commit info of the upload.
+        """
+        check_safe_serialization(safe_serialization)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, safe_serialization=True, variant=variant)
+            return upload_with_model_card(
+                folder,
+                repo_id,
+                model=None if subfolder else self,
+                commit_message=commit_message or f"Upload {type(self).__name__}",
+                private=private,
+                token=token,
+                create_pr=create_pr,
+                path_in_repo=subfolder,
+                metrics=metrics,
+                training=training,
+                datasets=datasets,
+                license=license,
+            )
+
+
+class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
+    """
+    [`ScoreVAEHubMixin`] plus pipeline loading by repo id: [`~ScoreVAEPipelineHubMixin.download`] replaces diffusers'
+    (which refuses a component from outside diffusers and transformers), and a local folder is checked the same way
+    before loading, so that a missing component or weights file is an error that says what to pass.
+    """
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        r"""
+        Load a pipeline from a Hub repo id or a local folder: a saved ScoreVAE pipeline, or any repo or folder with
+        `unet` and `scheduler` (a `DDPMPipeline` such as `google/ddpm-cifar10-32`, whose files sit at the repo root)
+        plus `encoder=` a [`ScoreVAEEncoder`]. Takes `DiffusionPipeline.from_pretrained`'s arguments with their
+        meanings there: `revision`, `variant`, `use_safetensors` (default `None`: safetensors where a component has
+        them, else its `.bin` weights, read with `torch.load(weights_only=True)`), `torch_dtype` (a dtype, or a dict
+        per component with an optional `"default"`), `local_files_only`, `cache_dir`, `token`, components as objects.
+        `custom_pipeline` is refused: this class is the pipeline.
+
+        Example:
+
+        ```py
+        >>> from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
+
+        >>> pipe = ScoreVAEPipeline.from_pretrained("org/scorevae-cifar10")  # doctest: +SKIP
+        >>> # an encoder beside a plain unconditional prior (any scheduler)
+        >>> encoder = ScoreVAEEncoder.from_pretrained("org/scorevae-cifar10", subfolder="encoder")  # doctest: +SKIP
+        >>> pipe = ScoreVAEPipeline.from_pretrained("google/ddpm-cifar10-32", encoder=encoder)  # doctest: +SKIP
+        ```
+        """
+        if kwargs.get("custom_pipeline") is not None:
+            raise ValueError(
+                f"custom_pipeline={kwargs['custom_pipeline']!r} is not supported: {cls.__name__}.from_pretrained "
+                "always loads a ScoreVAE pipeline."
+            )
+        index_path = os.path.join(pretrained_model_name_or_path, "model_index.json")
+        if os.path.isfile(index_path):  # a local folder; a repo id goes through `download`, which checks the same
+            with open(index_path, encoding="utf-8") as f:
+                model_index = json.load(f)
+            expected, _ = cls._get_signature_keys(cls)
+            select_pipeline_files(
+                list_folder_files(pretrained_model_name_or_path),
+                model_index,
+                required_components=expected,
+                passed_components=[k for k in expected if k in kwargs],
+                variant=kwargs.get("variant"),
+                use_safetensors=kwargs.get("use_safetensors"),
+                name=str(pretrained_model_name_or_path),
+            )
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+
+    @classmethod
+    def download(cls, pretrained_model_name, **kwargs) -> str:
+        r"""
+        Download (or find in the cache) what loading `pretrained_model_name` needs and return the snapshot folder:
+        `model_index.json`, the configs, and the weights (see [`select_pipeline_files`]) of the components not passed
+        as objects. Called by `from_pretrained` for repo ids; see [`download_pipeline`].
+        """
+        expected, _ = cls._get_signature_keys(cls)
+        return download_pipeline(
+            pretrained_model_name,
+            required_components=expected,
+            passed_components=[k for k in expected if k in kwargs],
+            cache_dir=kwargs.get("cache_dir"),
+            force_download=kwargs.get("force_download", False),
+            local_files_only=kwargs.get("local_files_only"),
+            token=kwargs.get("token"),
+            revision=kwargs.get("revision"),
+            variant=kwargs.get("variant"),
+            use_safetensors=kwargs.get("use_safetensors"),
+        )
