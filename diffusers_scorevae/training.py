@@ -103,17 +103,21 @@ class PosteriorLossOutput(BaseOutput):
             (importance-weighted when a `timestep_distribution` is given), in nats per image.
         nll (`torch.Tensor`, scalar):
             The unweighted batch mean of E_z[−log q_φ(z | x_t, λ_t)] (nats per image), for logging. It is bounded below
-            by the teacher's conditional entropy `teacher_entropy` (reached only as t → 0).
+            by the teacher's conditional entropy `teacher_entropy` (reached only at the clean level).
+        clean_nll (`torch.Tensor`, scalar):
+            The mean of E_z[−log q_φ(z | x_0, λ_clean)] over the images encoded at the clean level (NaN when there
+            are none); minus `teacher_entropy`, it is KL(q_T(z | x_0) ‖ q_φ(z | x_0, λ_clean)).
         teacher_kl (`torch.Tensor`, scalar):
             Batch mean of KL(q_T(z | x_0) ‖ N(0, I)): the rate of the teacher's codes, in nats per image.
         teacher_entropy (`torch.Tensor`, scalar):
             Batch mean of the entropy of q_T(z | x_0), in nats per image.
-        timesteps (`torch.Tensor` of shape `(batch_size,)`):
-            The training timesteps drawn.
+        timesteps (`torch.Tensor` of shape `(batch_size - num_clean,)`):
+            The training timesteps drawn for the images after the first `num_clean`, which are at the clean level.
     """
 
     loss: torch.Tensor
     nll: torch.Tensor
+    clean_nll: torch.Tensor
     teacher_kl: torch.Tensor
     teacher_entropy: torch.Tensor
     timesteps: torch.Tensor
@@ -252,6 +256,7 @@ def posterior_loss(
     loss_weighting: str = "simple",
     generator: torch.Generator | None = None,
     timestep_distribution: torch.Tensor | None = None,
+    clean_fraction: float = 0.125,
 ) -> PosteriorLossOutput:
     r"""
     The posterior-matching objective for one batch (MATH.md §8): fit q_φ(z | x_t, λ_t) to the posterior of a frozen
@@ -267,6 +272,11 @@ def posterior_loss(
     expected gradient as drawing z, with less variance. Cross-entropy is minimised by the true conditional, so for
     every t and every w(t) > 0 the minimiser over all densities is p(z | x_t); in MATH.md §6's Gaussian case that is
     the exact q(z | x_t) given there. Decoding with the fitted encoder samples p(x_0 | z) ∝ p(x_0) q_T(z | x_0).
+
+    The code of an image is what the encoder gives at its clean level, q_φ(z | x_0, λ_clean) (what
+    `ScoreVAEPipeline.encode` uses). Its minimiser is the teacher itself, and it must stay there: the first ⌈`clean_fraction` · batch_size⌉ images of
+    the batch are encoded at the clean level (no noise, weighted as t = 0) instead of at a drawn t. Without them the
+    clean level drifts away from the teacher as the noisy levels are fitted.
 
     No UNet runs: only the prior's training schedule (`noise_scheduler.alphas_cumprod`) is read. One encoder forward
     and one (single) backward per image.
@@ -289,6 +299,9 @@ def posterior_loss(
         timestep_distribution (`torch.Tensor` of shape `(num_train_timesteps,)`, *optional*):
             Draw t with these probabilities instead of uniformly; each term is weighted by 1 / (T · p(t)), so the
             objective's expectation is unchanged (importance sampling).
+        clean_fraction (`float`, *optional*, defaults to 0.125):
+            Share of the batch (rounded up) encoded at the encoder's clean level, fitted to the teacher's q_T(z | x_0)
+            itself; 0 fits the noisy levels only.
 
     Returns:
         [`PosteriorLossOutput`]: `.loss` to backpropagate, plus parts for logging.
@@ -297,8 +310,16 @@ def posterior_loss(
         raise ValueError(f"clean_images has shape {tuple(clean_images.shape)}; expected (batch_size, C, H, W).")
     if loss_weighting not in LOSS_WEIGHTINGS:
         raise ValueError(f"loss_weighting {loss_weighting!r} is not supported; choose one of {LOSS_WEIGHTINGS}.")
+    if not 0 <= clean_fraction < 1:
+        raise ValueError(f"clean_fraction must be in [0, 1), got {clean_fraction}.")
     device = clean_images.device
     batch_size = clean_images.shape[0]
+    num_clean = math.ceil(clean_fraction * batch_size)
+    if num_clean >= batch_size:
+        raise ValueError(
+            f"clean_fraction {clean_fraction} leaves no noisy image in a batch of {batch_size}; lower it or use a "
+            "larger batch."
+        )
     clean_images = clean_images.float()
 
     # 1. the teacher's code distribution q_T(z | x_0), frozen
@@ -309,25 +330,41 @@ def posterior_loss(
             f"teacher gives codes of shape {tuple(teacher_mean.shape)}; the encoder's latent_dim is {latent_dim}."
         )
 
-    # 2. timesteps and noise (all randomness from `generator`)
-    timesteps, importance = draw_timesteps(noise_scheduler, batch_size, device, generator, timestep_distribution)
-    noise = randn_tensor(clean_images.shape, generator=generator, device=device)
+    # 2. timesteps and noise for the images after the first `num_clean` (all randomness from `generator`)
+    num_noisy = batch_size - num_clean
+    timesteps, importance = draw_timesteps(noise_scheduler, num_noisy, device, generator, timestep_distribution)
+    noise = randn_tensor((num_noisy, *clean_images.shape[1:]), generator=generator, device=device)
     alpha, sigma = training_alpha_sigma(noise_scheduler, timesteps)
-    noisy_images = append_dims(alpha, 4) * clean_images + append_dims(sigma, 4) * noise
+    noisy_images = append_dims(alpha, 4) * clean_images[num_clean:] + append_dims(sigma, 4) * noise
     alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod).to(device)
-    log_snr = log_snr_from_alphas_cumprod(alphas_cumprod[timesteps]).float()
+    clean_log_snr = float(_unwrap(encoder).config.clean_log_snr)
+    log_snr = torch.cat(
+        [
+            torch.full((num_clean,), clean_log_snr, device=device),
+            log_snr_from_alphas_cumprod(alphas_cumprod[timesteps]).float(),
+        ]
+    )
+    # the clean rows are the limit t -> 0: weighted as the first training timestep
+    first = torch.zeros(num_clean, dtype=timesteps.dtype, device=device)
+    weight = torch.cat(
+        [
+            loss_weight(noise_scheduler, first, loss_weighting),
+            loss_weight(noise_scheduler, timesteps, loss_weighting) * importance,
+        ]
+    )
 
-    # 3. q_φ(z | x_t, λ_t) and the expected negative log-likelihood of the teacher's codes under it
-    mean, logvar = encoder(noisy_images, log_snr, return_dict=False)
+    # 3. q_φ(z | x, λ) on [x_0 (first num_clean); x_t (the rest)], one forward, and the expected negative
+    #    log-likelihood of the teacher's codes under it
+    mean, logvar = encoder(torch.cat([clean_images[:num_clean], noisy_images]), log_snr, return_dict=False)
     mean, logvar = mean.float(), logvar.float()
     nll = 0.5 * (
         ((teacher_logvar.exp() + (teacher_mean - mean) ** 2) * torch.exp(-logvar) + logvar + math.log(2 * math.pi))
     ).sum(dim=1)
-    weight = loss_weight(noise_scheduler, timesteps, loss_weighting) * importance
     teacher_entropy = 0.5 * (teacher_logvar + 1 + math.log(2 * math.pi)).sum(dim=1)
     return PosteriorLossOutput(
         loss=(weight * nll).mean(),
         nll=nll.mean().detach(),
+        clean_nll=nll[:num_clean].mean().detach(),
         teacher_kl=kl_to_standard_normal(teacher_mean, teacher_logvar).mean(),
         teacher_entropy=teacher_entropy.mean(),
         timesteps=timesteps,

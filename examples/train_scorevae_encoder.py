@@ -51,7 +51,10 @@ logger = get_logger(__name__, log_level="INFO")
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 OBJECTIVES = ("score", "posterior")
-LOG_KEYS = {"score": ("loss", "score_loss", "prior_loss", "kl"), "posterior": ("loss", "nll", "teacher_kl")}
+LOG_KEYS = {
+    "score": ("loss", "score_loss", "prior_loss", "kl"),
+    "posterior": ("loss", "nll", "clean_nll", "teacher_entropy", "teacher_kl"),
+}
 
 
 def parse_args(input_args=None):

@@ -1,6 +1,6 @@
 """posterior_loss (MATH.md §8): in the closed-form Gaussian problem the exact q(z | x_t) of the teacher's codes
-minimises it; gradients reach the encoder and never the teacher; no UNet is involved; randomness comes from the generator; bad
-arguments are errors."""
+minimises it; the clean level is fitted to the teacher itself; gradients reach the encoder and never the teacher;
+randomness comes from the generator; bad arguments are errors."""
 
 import math
 
@@ -39,7 +39,13 @@ def test_exact_posterior_has_the_lowest_expected_loss(loss_weighting):
         # common random numbers: every variant sees the same t and ε
         losses = [
             posterior_loss(
-                encoder, scheduler, data, teacher, loss_weighting=loss_weighting, generator=torch.manual_seed(s)
+                encoder,
+                scheduler,
+                data,
+                teacher,
+                loss_weighting=loss_weighting,
+                generator=torch.manual_seed(s),
+                clean_fraction=0.0,  # the noisy levels only (the clean level: test_clean_level_is_the_teacher)
             ).loss.item()
             for s in range(4)
         ]
@@ -57,7 +63,9 @@ def test_expectation_over_the_teachers_codes_is_exact():
     teacher, student = problem.exact_encoder(), perturbed(exact_student(problem), "drift", CLEAN_LOG_SNR + 1)
     scheduler = DDPMScheduler(clip_sample=False)
     data = M + S * torch.randn(16, 1, 4, 4, generator=torch.Generator().manual_seed(0))
-    out = posterior_loss(student, scheduler, data, teacher, generator=torch.Generator().manual_seed(0))
+    out = posterior_loss(
+        student, scheduler, data, teacher, generator=torch.Generator().manual_seed(0), clean_fraction=0.0
+    )
     # rebuild x_t from the same draws and average −log q over many sampled codes
     generator = torch.Generator().manual_seed(0)
     timesteps = torch.randint(0, 1000, (16,), generator=generator)
@@ -119,7 +127,40 @@ def test_weighting_and_importance_sampling():
     )
     assert abs(weighted.loss.item() - simple.loss.item()) / simple.loss.item() < 0.05
     assert weighted.timesteps.float().mean() > simple.timesteps.float().mean() + 100  # late t drawn more often
-    assert torch.equal(loss_weight(scheduler, simple.timesteps, "simple"), torch.ones(4096))
+    assert simple.timesteps.shape == (4096 - 512,)  # the first 12.5% are at the clean level
+    assert torch.equal(loss_weight(scheduler, simple.timesteps, "simple"), torch.ones(4096 - 512))
+
+
+def test_clean_level_is_the_teacher():
+    """The first ⌈clean_fraction · B⌉ images are encoded at the clean level, where the minimiser is the teacher itself:
+    a student equal to the teacher there has clean_nll = the teacher's entropy, one that drifted has more."""
+    teacher = make_encoder(1, latent_dim=8)
+    torch.nn.init.normal_(teacher.proj_out.weight, std=0.1)
+    images = torch.rand(16, 1, 8, 8) * 2 - 1
+    out = posterior_loss(
+        teacher, DDPMScheduler(), images, teacher, generator=torch.manual_seed(0), clean_fraction=0.25
+    )
+    assert out.timesteps.shape == (12,)
+    torch.testing.assert_close(out.clean_nll, _mean_entropy(teacher, images[:4]), rtol=1e-5, atol=1e-5)
+    drifted = make_encoder(1, latent_dim=8)
+    drifted.load_state_dict(teacher.state_dict())
+    with torch.no_grad():
+        drifted.proj_out.bias[8:] += 1.0  # a broader code distribution at every level
+    worse = posterior_loss(
+        drifted, DDPMScheduler(), images, teacher, generator=torch.manual_seed(0), clean_fraction=0.25
+    )
+
+    assert worse.clean_nll > out.clean_nll + 1
+    with pytest.raises(ValueError, match="clean_fraction"):
+        posterior_loss(teacher, DDPMScheduler(), images, teacher, clean_fraction=1.0)
+    with pytest.raises(ValueError, match="clean_fraction"):
+        posterior_loss(teacher, DDPMScheduler(), images[:1], teacher, clean_fraction=0.5)
+
+
+def _mean_entropy(teacher, images):
+    with torch.no_grad():
+        _, logvar = teacher(images, teacher.config.clean_log_snr, return_dict=False)
+    return (0.5 * (logvar + 1 + math.log(2 * math.pi)).sum(dim=1)).mean()
 
 
 def test_all_randomness_comes_from_the_generator():
