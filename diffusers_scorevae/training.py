@@ -274,9 +274,9 @@ def posterior_loss(
     the exact q(z | x_t) given there. Decoding with the fitted encoder samples p(x_0 | z) ∝ p(x_0) q_T(z | x_0).
 
     The code of an image is what the encoder gives at its clean level, q_φ(z | x_0, λ_clean) (what
-    `ScoreVAEPipeline.encode` uses). Its minimiser is the teacher itself, and it must stay there: the first ⌈`clean_fraction` · batch_size⌉ images of
-    the batch are encoded at the clean level (no noise, weighted as t = 0) instead of at a drawn t. Without them the
-    clean level drifts away from the teacher as the noisy levels are fitted.
+    `ScoreVAEPipeline.encode` uses). Its minimiser is the teacher itself, and it must stay there: the first
+    ⌈clean_fraction · batch_size⌉ images of the batch are encoded at the clean level (no noise, weighted as t = 0)
+    instead of at a drawn t. Without them the clean level drifts away from the teacher as the noisy levels are fitted.
 
     No UNet runs: only the prior's training schedule (`noise_scheduler.alphas_cumprod`) is read. One encoder forward
     and one (single) backward per image.
