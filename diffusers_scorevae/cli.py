@@ -34,14 +34,18 @@ def resolve(name_or_path: str) -> str:
 
 
 def load_pipeline(pipeline: str, prior: str | None, scheduler: str | None, device: torch.device):
-    """The ScoreVAE pipeline, optionally decoding with another prior (its unet + scheduler) and another scheduler type."""
+    """The ScoreVAE pipeline, optionally decoding with another prior (its unet + scheduler: a pipeline repo or folder
+    in either layout, e.g. `google/ddpm-cifar10-32`) and another scheduler type."""
     import diffusers
 
+    from .models import ScoreVAEEncoder
     from .pipelines import ScoreVAEPipeline
 
-    pipe = ScoreVAEPipeline.from_pretrained(resolve(pipeline))
-    if prior is not None:
-        pipe = ScoreVAEPipeline.from_pretrained(resolve(prior), encoder=pipe.encoder)
+    if prior is None:
+        pipe = ScoreVAEPipeline.from_pretrained(resolve(pipeline))
+    else:  # the pipeline's encoder alone, beside the other prior
+        encoder = ScoreVAEEncoder.from_pretrained(resolve(pipeline), subfolder="encoder")
+        pipe = ScoreVAEPipeline.from_pretrained(resolve(prior), encoder=encoder)
     if scheduler is not None:
         classes = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}
         pipe.scheduler = classes[scheduler].from_config(pipe.scheduler.config)

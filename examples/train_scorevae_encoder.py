@@ -271,14 +271,11 @@ class _LazyColumn:
 
 
 def load_prior(args):
-    """The prior's UNet and its scheduler (of the class it was saved with)."""
-    unet = UNet2DModel.from_pretrained(args.pretrained_model_name_or_path, subfolder="unet", revision=args.revision)
-    config = diffusers.DDPMScheduler.load_config(
-        args.pretrained_model_name_or_path, subfolder="scheduler", revision=args.revision
-    )
-    scheduler_cls = getattr(diffusers, config.get("_class_name", "DDPMScheduler"), diffusers.DDPMScheduler)
-    scheduler = scheduler_cls.from_config(config)
-    return unet, scheduler
+    """The prior's UNet and its scheduler (of the class it was saved with), from a Hub repo id or a folder, with
+    `unet/` + `scheduler/` folders or everything at the root (`google/ddpm-*`), safetensors or `.bin` weights."""
+    from diffusers_scorevae import hub
+
+    return hub.load_prior(args.pretrained_model_name_or_path, revision=args.revision)
 
 
 def load_clean_encoder(path: str):

@@ -329,7 +329,10 @@ def load_outcome(load, sources: dict) -> tuple:
     return ("loaded", type(pipe.scheduler).__name__, held)
 
 
-@pytest.mark.parametrize("folder", ["safetensors", "bin", "both", "fp16", "fp16-bin-only", "unet-fp16-bin", "encoder-bin"])
+SAVED_FOLDERS = ["safetensors", "bin", "both", "fp16", "fp16-bin-only", "unet-fp16-bin", "encoder-bin"]
+
+
+@pytest.mark.parametrize("folder", SAVED_FOLDERS)
 def test_loading_matches_diffusion_pipeline(saved, folder, monkeypatch, tmp_path):
     """For every weights layout diffusers writes and every `use_safetensors` / `variant` / `torch_dtype` (dtype or
     per-component dict), `ScoreVAEPipeline.from_pretrained` loads what `DiffusionPipeline.from_pretrained` loads (or
@@ -361,9 +364,8 @@ def test_save_pretrained_round_trip(tmp_path, safe_serialization, variant):
 
 def test_torch_dtype_per_component(saved):
     encoder = saved["A"].encoder
-    pipe = ScoreVAEPipeline.from_pretrained(
-        saved["folders"]["safetensors"], encoder=encoder, torch_dtype={"unet": torch.float16, "encoder": torch.bfloat16}
-    )
+    dtypes = {"unet": torch.float16, "encoder": torch.bfloat16}
+    pipe = ScoreVAEPipeline.from_pretrained(saved["folders"]["safetensors"], encoder=encoder, torch_dtype=dtypes)
     assert pipe.unet.dtype == torch.float16 and pipe.encoder is encoder and encoder.dtype == torch.float32  # passed
     pipe = ScoreVAEPipeline.from_pretrained(saved["folders"]["safetensors"], torch_dtype={"default": torch.bfloat16})
     assert pipe.unet.dtype == pipe.encoder.dtype == torch.bfloat16

@@ -101,13 +101,13 @@ def select_pipeline_files(
     selected, weights = {"model_index.json"}, {}
     for component in sorted(set(required_components or components) - set(passed_components)):
         folder = component if any(f.startswith(component + "/") for f in files) else ""  # "": the flat layout
-        in_folder = {f for f in files if os.path.dirname(f) == folder}
-        if folder or not components[component][1].endswith("Scheduler"):  # root weights are the model's
-            weights[component] = {f: match for f in in_folder if (match := _match_weights(f))}
-        if weights.get(component):  # a model: its config, and weights chosen below
+        found = {}
+        if folder or not components[component][1].endswith("Scheduler"):  # at the root, the weights are the model's
+            found = {f: match for f in files if os.path.dirname(f) == folder and (match := _match_weights(f))}
+        if found:  # a model: its config here, its weights below
+            weights[component] = found
             selected |= {f"{component}/config.json"} & files if folder else _root_json(files)
         else:  # a scheduler (or any component without weights): all its files
-            weights.pop(component, None)
             selected |= {f for f in files if f.startswith(component + "/")} if folder else _root_json(files)
     if variant is not None and not any(m["variant"] == variant for w in weights.values() for m in w.values()):
         raise ValueError(
