@@ -2,6 +2,7 @@
 `DiffusionPipeline` loads (weights formats, variants, dtypes); pushing with a model card (uploads captured); the
 encoder's prior record."""
 
+import ast
 import json
 import os
 import re
@@ -285,6 +286,10 @@ def save_folders(root: Path) -> dict:
             lambda d: (d / "encoder" / "diffusion_pytorch_model.safetensors").unlink(),
             lambda d: b.encoder.save_pretrained(d / "encoder", safe_serialization=False),
         ],
+        "sharded": [lambda d: a.save_pretrained(d, max_shard_size="40KB")],
+        "sharded-bin-fp16": [
+            lambda d: a.save_pretrained(d, max_shard_size="40KB", safe_serialization=False, variant="fp16")
+        ],
     }
     for name, steps in writes.items():
         for step in steps:
@@ -329,7 +334,8 @@ def load_outcome(load, sources: dict) -> tuple:
     return ("loaded", type(pipe.scheduler).__name__, held)
 
 
-SAVED_FOLDERS = ["safetensors", "bin", "both", "fp16", "fp16-bin-only", "unet-fp16-bin", "encoder-bin"]
+SAVED_FOLDERS = ["safetensors", "bin", "both", "fp16", "fp16-bin-only", "unet-fp16-bin", "encoder-bin", "sharded"]
+SAVED_FOLDERS += ["sharded-bin-fp16"]
 
 
 @pytest.mark.parametrize("folder", SAVED_FOLDERS)
@@ -447,6 +453,23 @@ def test_select_pipeline_files():
     assert "encoder/diffusion_pytorch_model.fp16.bin" in select_pipeline_files(files, index, variant="fp16")
     with pytest.raises(OSError, match="no fp16 safetensors weights for `encoder`"):
         select_pipeline_files(files, index, variant="fp16", use_safetensors=True)
+
+
+def test_hub_code_never_imports_a_model_or_the_pipeline():
+    """The models and the pipeline use the Hub code (its mixins); the Hub code never imports them back."""
+    import diffusers_scorevae.hub
+
+    folder = Path(diffusers_scorevae.hub.__file__).parent
+    for path in folder.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                modules = ["." * node.level + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                modules = [alias.name for alias in node.names]
+            else:
+                continue
+            for module in modules:  # `.x`: a sibling in the hub package; `..x` or `diffusers_scorevae.x`: outside it
+                assert not module.startswith(("..", "diffusers_scorevae")), (path.name, module)
 
 
 def test_pipeline_from_repo_id_in_a_fresh_process(hub, tmp_path):

@@ -46,7 +46,7 @@ class ScoreVAEHubMixin:
         hub_kwargs = {key: save_kwargs.pop(key) for key in hub_keys + _CARD_KEYS if key in save_kwargs}
         repo_id = save_kwargs.pop("repo_id", os.path.basename(os.path.normpath(str(save_directory))))
         super().save_pretrained(save_directory, **save_kwargs)
-        hub_kwargs.setdefault("commit_message", f"Upload {type(self).__name__}")
+        hub_kwargs["commit_message"] = hub_kwargs.get("commit_message") or f"Upload {type(self).__name__}"
         return upload_with_model_card(save_directory, repo_id, model=self, **hub_kwargs)
 
     def push_to_hub(

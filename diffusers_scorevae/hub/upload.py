@@ -46,7 +46,7 @@ def upload_with_model_card(
         repo_id=repo_id,
         folder_path=folder,
         path_in_repo=path_in_repo,
-        commit_message=commit_message or "Upload ScoreVAE",
+        commit_message=commit_message or "Upload a ScoreVAE model",
         create_pr=create_pr,
     )
 
