@@ -39,7 +39,6 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
@@ -96,7 +95,9 @@ def parse_args(input_args=None):
         "--init_encoder",
         type=str,
         default=None,
-        help="Start from this saved ScoreVAEEncoder, or the encoder of a saved BetaVAE (same architecture).",
+        help="Start from this saved ScoreVAEEncoder, a ScoreVAEPipeline's encoder or the encoder of a saved BetaVAE "
+        "(same architecture). With --objective posterior the default is the --teacher; `scratch` starts from a new "
+        "encoder built from the --encoder_* and --latent_dim options.",
     )
     # objective
     parser.add_argument(
@@ -438,7 +439,7 @@ def main(args):
     if args.objective == "posterior":
         teacher = load_clean_encoder(args.teacher).requires_grad_(False).eval()
     init_encoder = args.init_encoder if args.init_encoder is not None or teacher is None else args.teacher
-    if init_encoder is not None:
+    if init_encoder is not None and init_encoder != "scratch":
         encoder = load_init_encoder(init_encoder, record)
     else:
         encoder = ScoreVAEEncoder(

@@ -130,7 +130,7 @@ def test_two_processes(prior_and_images, tmp_path):
     ScoreVAEPipeline.from_pretrained(out)
 
 
-@pytest.mark.parametrize("teacher_kind", ["scorevae_encoder", "beta_vae"])
+@pytest.mark.parametrize("teacher_kind", ["scorevae_encoder", "beta_vae", "scratch"])
 def test_posterior_objective_then_score_objective(prior_and_images, tmp_path, teacher_kind):
     """The documented recipe: posterior matching against a frozen teacher, then score matching from its result."""
     teacher_dir = tmp_path / "teacher"
@@ -149,9 +149,11 @@ def test_posterior_objective_then_score_objective(prior_and_images, tmp_path, te
     teacher.save_pretrained(teacher_dir)
 
     posterior_dir = tmp_path / "posterior"
+    # `scratch`: the student is a new encoder (zero head) instead of a copy of the teacher
+    init = ["--init_encoder", "scratch", "--encoder_block_out_channels", "4,8"] if teacher_kind == "scratch" else []
     result = run_script(
         base_args(prior_and_images, posterior_dir, 4, "--objective", "posterior", "--teacher", str(teacher_dir))
-        + ["--logging_steps", "2", "--checkpointing_steps", "2", "--use_ema"]
+        + ["--logging_steps", "2", "--checkpointing_steps", "2", "--use_ema", *init]
     )
     assert result.returncode == 0, result.stderr[-3000:]
     logs = [json.loads(line) for line in open(posterior_dir / "train_log.jsonl")]
@@ -160,7 +162,10 @@ def test_posterior_objective_then_score_objective(prior_and_images, tmp_path, te
     trained = pipe.encoder.state_dict()
     # the student starts as a copy of the teacher's encoder and moves; the teacher's folder is untouched
     start = teacher_encoder.state_dict()
-    assert set(trained) == set(start) and any(not torch.equal(trained[k], start[k]) for k in trained)
+    if teacher_kind == "scratch":
+        assert pipe.encoder.config.block_out_channels == [4, 8] and trained["conv_in.weight"].shape[0] == 4
+    else:
+        assert set(trained) == set(start) and any(not torch.equal(trained[k], start[k]) for k in trained)
     reloaded = type(teacher).from_pretrained(teacher_dir).state_dict()
     assert all(torch.equal(reloaded[k], v) for k, v in teacher.state_dict().items())
     assert pipe.encoder.config.prior["name_or_path"] == os.path.abspath(prior_and_images / "prior")
