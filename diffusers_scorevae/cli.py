@@ -85,6 +85,7 @@ def compare(
         args.guidance_scale,
         seed=args.seed,
         num_samples_per_code=num_samples_per_code,
+        guidance_log_snr_range=_log_snr_range(args),
     )
     seconds = (time.time() - start) / num_samples_per_code
     scorevae = decodes[0]
@@ -101,6 +102,7 @@ def compare(
         "num_images": len(images),
         "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance_scale,
+        "guidance_log_snr_range": args.guidance_log_snr_range,
         "scheduler": type(pipe.scheduler).__name__,
         "prior": args.prior or args.pipeline,
         "num_samples_per_code": num_samples_per_code,
@@ -143,6 +145,8 @@ def cmd_evaluate(args):
         raise ValueError(f"--num-samples-per-code must be at least 1, got {args.num_samples_per_code}.")
     if args.bits_per_dim and args.num_samples_per_code != 1:
         raise ValueError("--num-samples-per-code applies to reconstructions, not to --bits-per-dim.")
+    if args.bits_per_dim and args.guidance_log_snr_range is not None:
+        raise ValueError("--guidance-log-snr-range applies to reconstructions, not to --bits-per-dim.")
     if not args.bits_per_dim and args.num_images < 2:
         raise ValueError(f"--num-images must be at least 2 for the Fréchet distance, got {args.num_images}.")
     device = _device(args.device)
@@ -226,6 +230,7 @@ def cmd_reconstruct(args):
         image=images,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=args.guidance_scale,
+        guidance_log_snr_range=_log_snr_range(args),
         generator=torch.Generator().manual_seed(args.seed),
         output_type="pt",
     )
@@ -251,11 +256,25 @@ def _print_metrics(metrics: dict):
         print(f"l2: one decode per code; l2_mean_of_k: the mean of {k} decodes; l2_between_decodes: two decodes' L2")
 
 
+def _log_snr_range(args) -> tuple[float, float] | None:
+    return None if args.guidance_log_snr_range is None else tuple(args.guidance_log_snr_range)
+
+
 def _add_decoding_args(parser, default_output=None):
     parser.add_argument("--pipeline", default="fashion-mnist", help="Bundled name, folder or Hub id of the pipeline.")
     parser.add_argument("--prior", default=None, help="Decode with this prior instead (bundled name, folder or Hub id).")
     parser.add_argument("--num-inference-steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
+    parser.add_argument(
+        "--guidance-log-snr-range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="Apply the encoder term only at steps whose log-SNR lies in [LOW, HIGH] (the encoder does not run at the "
+        "others); default every step. HIGH may be inf; for no lower end give a LOW below every step's, e.g. -100 "
+        "(argparse reads -inf as an option).",
+    )
     parser.add_argument(
         "--scheduler", choices=["ddpm", "ddim"], default=None, help="Override the pipeline's scheduler type."
     )

@@ -48,6 +48,7 @@ def scorevae_decode_samples(
     seed: int = 0,
     num_samples_per_code: int = 1,
     progress: bool = True,
+    guidance_log_snr_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     r"""
     Decode each image's code z = E[q(z | x_0)] `num_samples_per_code` times, with different noise.
@@ -57,33 +58,40 @@ def scorevae_decode_samples(
 
     Args:
         pipe ([`ScoreVAEPipeline`]):
-            The pipeline (its progress bar is turned off).
+            The pipeline. Its progress bar is configured here: with `progress`, one bar over the denoising steps of
+            each decode (cleared when the decode ends), below a bar over the batches; without, none.
         images (`torch.Tensor` of shape `(N, C, H, W)`):
             Images in [0, 1].
         num_samples_per_code (`int`, *optional*, defaults to 1):
             K, the decodes per code (at least 1).
+        progress (`bool`, *optional*, defaults to `True`):
+            Show progress bars (tqdm, on stderr).
+        guidance_log_snr_range (`Tuple[float, float]`, *optional*):
+            Guide only the steps whose log-SNR lies in this closed range (see [`ScoreVAEPipeline.__call__`]).
 
     Returns:
         `torch.Tensor` of shape `(K, N, C, H, W)`: the decodes in [0, 1], float32 on the CPU.
     """
     if num_samples_per_code < 1:
         raise ValueError(f"`num_samples_per_code` must be at least 1, got {num_samples_per_code}.")
-    pipe.set_progress_bar_config(disable=True)
     outputs = []
     starts = range(0, len(images), batch_size)
-    for start in tqdm(starts, desc="ScoreVAE reconstruction", disable=not progress):
+    for start in tqdm(starts, desc="ScoreVAE reconstruction", unit="batch", disable=not progress):
         latent_codes = pipe.encode(images[start : start + batch_size])
         generator = torch.Generator(device="cpu").manual_seed(seed + start)
-        decodes = [
-            pipe(
+        decodes = []
+        for k in range(num_samples_per_code):
+            desc = "denoising" if num_samples_per_code == 1 else f"denoising (decode {k + 1}/{num_samples_per_code})"
+            pipe.set_progress_bar_config(desc=desc, unit="step", leave=False, disable=not progress)
+            out = pipe(
                 latent_codes=latent_codes,
                 num_inference_steps=num_inference_steps,
                 guidance_scale=guidance_scale,
+                guidance_log_snr_range=guidance_log_snr_range,
                 generator=generator,
                 output_type="pt",
-            ).images.float().cpu()
-            for _ in range(num_samples_per_code)
-        ]
+            )
+            decodes.append(out.images.float().cpu())
         outputs.append(torch.stack(decodes))
     return torch.cat(outputs, dim=1)
 
@@ -96,11 +104,20 @@ def scorevae_reconstruct(
     guidance_scale: float = 1.0,
     seed: int = 0,
     progress: bool = True,
+    guidance_log_snr_range: tuple[float, float] | None = None,
 ) -> torch.Tensor:
     """Reconstructions `(N, C, H, W)` in [0, 1] of `images` (in [0, 1]), decoded batch by batch with fixed seeds (one
     decode per code: [`scorevae_decode_samples`] with K = 1)."""
     return scorevae_decode_samples(
-        pipe, images, batch_size, num_inference_steps, guidance_scale, seed, num_samples_per_code=1, progress=progress
+        pipe,
+        images,
+        batch_size,
+        num_inference_steps,
+        guidance_scale,
+        seed,
+        num_samples_per_code=1,
+        progress=progress,
+        guidance_log_snr_range=guidance_log_snr_range,
     )[0]
 
 

@@ -12,6 +12,8 @@ euler; `clip`/`noclip` set the scheduler's `clip_sample` explicitly (otherwise t
 `--prior FOLDER` decodes every pipeline's encoder with another prior (unet/ + scheduler/) instead of its own.
 `--num_samples_per_code K` (K >= 2) decodes each code K times: `l2` stays the first decode's, `l2_mean_of_k` is the L2
 of the mean of the K decodes (the MMSE proxy) and `l2_between_decodes` the L2 between two decodes of the same code.
+`--guidance_log_snr_range LOW HIGH` applies the encoder term only at steps whose log-SNR lies in [LOW, HIGH], in every
+setting (see `ScoreVAEPipeline.__call__`).
 """
 
 from __future__ import annotations
@@ -56,10 +58,20 @@ def parse_args(input_args=None):
     parser.add_argument(
         "--num_samples_per_code", type=int, default=1, help="Decodes per code (K >= 2 adds l2_mean_of_k, ...)."
     )
+    parser.add_argument(
+        "--guidance_log_snr_range",
+        type=float,
+        nargs=2,
+        default=None,
+        metavar=("LOW", "HIGH"),
+        help="Guide only the steps whose log-SNR lies in [LOW, HIGH] (HIGH may be inf; default every step).",
+    )
     parser.add_argument("--output", type=str, required=True, help="JSON file to write.")
     parser.add_argument("--save_reconstructions", type=int, default=0, help="Also save the first N as a PNG grid.")
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(input_args)
+    if args.guidance_log_snr_range is not None:
+        args.guidance_log_snr_range = tuple(args.guidance_log_snr_range)  # as the pipeline takes it
     if args.num_samples_per_code < 1:
         raise ValueError(f"`--num_samples_per_code` must be at least 1, got {args.num_samples_per_code}.")
     if args.classifier is not None and args.num_images < 2:
@@ -90,6 +102,7 @@ def main(args):
     results = {
         "num_images": len(originals),
         "num_samples_per_code": args.num_samples_per_code,
+        "guidance_log_snr_range": args.guidance_log_snr_range,
         "originals": {"sharpness": reconstruction_metrics(originals, originals)["sharpness"]},
     }
 
@@ -119,6 +132,7 @@ def main(args):
                 seed=args.seed,
                 num_samples_per_code=args.num_samples_per_code,
                 progress=False,
+                guidance_log_snr_range=args.guidance_log_snr_range,
             )
             seconds = (time.time() - start) / args.num_samples_per_code  # one decode of every image
             reconstructions = decodes[0]

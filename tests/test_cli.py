@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -118,3 +119,41 @@ def test_evaluate_rate_fd_and_samples_per_code(tmp_path, monkeypatch, capsys):
 
     assert main(args + ["--num-samples-per-code", "0"]) == 2
     assert "--num-samples-per-code" in capsys.readouterr().err
+
+
+def test_demo_shows_a_progress_bar_over_the_denoising_steps(tmp_path):
+    # the command as a user runs it; TQDM_MININTERVAL=0 writes every update (the step bar is cleared after each batch)
+    env = dict(os.environ, TQDM_MININTERVAL="0", OMP_NUM_THREADS="1")
+    command = [sys.executable, "-m", "diffusers_scorevae.cli", "demo", "--output-dir", str(tmp_path)]
+    command += ["--num-images", "3", "--num-inference-steps", "3", "--batch-size", "2"]
+    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"denoising: +100%\S* 3/3 \[", result.stderr), result.stderr  # each batch's steps, to the end
+    assert re.search(r"ScoreVAE reconstruction: +100%\S* 2/2 \[", result.stderr), result.stderr  # and the batches
+
+
+def test_guidance_log_snr_range_flag_reaches_every_decode(tmp_path, monkeypatch, capsys):
+    seen = []
+    call = ScoreVAEPipeline.__call__
+
+    def recording_call(self, *args, **kwargs):
+        seen.append(kwargs.get("guidance_log_snr_range"))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(ScoreVAEPipeline, "__call__", recording_call)
+    flag = ["--guidance-log-snr-range", "-100", "2.5"]
+    assert main(["demo", "--output-dir", str(tmp_path), "--num-images", "2", "--num-inference-steps", "2", *flag]) == 0
+    assert seen == [(-100.0, 2.5)]
+    assert json.load(open(tmp_path / "metrics.json"))["guidance_log_snr_range"] == [-100.0, 2.5]
+
+    images, _ = bundled_test_images()
+    PIL.Image.fromarray(images[0]).save(tmp_path / "a.png")
+    args = ["reconstruct", str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "out")]
+    args += ["--num-inference-steps", "2"]
+    assert main(args + ["--guidance-log-snr-range", "0", "inf"]) == 0
+    assert seen[-1] == (0.0, float("inf"))
+
+    assert main(args + ["--guidance-log-snr-range", "3", "1"]) == 2  # low > high: the pipeline's ValueError
+    assert "guidance_log_snr_range" in capsys.readouterr().err
+    assert main(["evaluate", "--bits-per-dim", *flag]) == 2
+    assert "--guidance-log-snr-range" in capsys.readouterr().err

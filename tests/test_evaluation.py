@@ -69,6 +69,29 @@ def test_decode_samples_reproducible_and_different():
         scorevae_decode_samples(pipe, x, num_samples_per_code=0, **kwargs)
 
 
+def test_decode_samples_guidance_log_snr_range_and_progress(capsys):
+    pipe, x = make_pipe(), images(3)
+    kwargs = {"batch_size": 2, "num_inference_steps": 3, "guidance_scale": 2.0, "seed": 5}
+    log_snr_range = (1.0, 5.0)  # the middle one of the three steps (λ = 0.56, 2.09, 9.21)
+    decodes = scorevae_decode_samples(pipe, x, progress=False, guidance_log_snr_range=log_snr_range, **kwargs)
+    assert capsys.readouterr().err == ""  # progress=False: silent, the pipeline's own bar included
+    torch.testing.assert_close(
+        scorevae_reconstruct(pipe, x, progress=False, guidance_log_snr_range=log_snr_range, **kwargs), decodes[0]
+    )
+    generator = torch.Generator().manual_seed(5)
+    direct = pipe(
+        image=x[:2], num_inference_steps=3, guidance_scale=2.0, guidance_log_snr_range=log_snr_range,
+        generator=generator, output_type="pt",
+    )  # fmt: skip
+    torch.testing.assert_close(direct.images, decodes[0, :2])
+    assert (decodes[0] - scorevae_reconstruct(pipe, x, progress=False, **kwargs)).abs().max() > 1e-4
+
+    # progress=True: a bar over the batches and one over each decode's denoising steps
+    scorevae_decode_samples(pipe, x, num_samples_per_code=2, **kwargs)
+    err = capsys.readouterr().err
+    assert "ScoreVAE reconstruction" in err and "denoising (decode 2/2)" in err and "/3 [" in err
+
+
 def test_same_code_metrics_closed_form():
     a = images(4, 6) * 0.5
     d = images(4, 6, seed=1) * 0.2
@@ -103,11 +126,13 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     args = evaluate_scorevae.parse_args(
         ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
          "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3", "--settings", "ddim:2:1",
-         "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu"]
+         "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
+         "--guidance_log_snr_range", "-100", "inf"]
     )  # fmt: skip
     evaluate_scorevae.main(args)
     results = json.load(open(output))
     assert results["num_samples_per_code"] == 2
+    assert results["guidance_log_snr_range"] == [-100, float("inf")]
     entry = results["scorevae"][pipeline]["ddim:2:1"]
     assert {"l2", "kl", "fd", "class_kept", "l2_mean_of_k", "l2_between_decodes", "seconds"} <= set(entry)
     assert entry["kl"] > 0 and entry["l2_between_decodes"] > 0

@@ -29,6 +29,7 @@ from diffusers import (
 )
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline, ScoreVAEPipelineOutput
+from diffusers_scorevae.noise import scheduler_log_snr
 from diffusers_scorevae.pipelines import pipeline_scorevae
 
 STEPS = 4
@@ -199,6 +200,86 @@ def test_zero_terminal_snr_v_prediction_decodes(unet, encoder, latent_codes):
     ).all()
     out = pipe(latent_codes=latent_codes, num_inference_steps=STEPS, generator=seed(), output_type="pt")
     assert torch.isfinite(out.images).all()
+
+
+# 2b. guidance in a limited log-SNR range: the encoder runs exactly at the steps inside it
+
+
+def record_encoder_log_snrs(encoder) -> list:
+    """Record the log-SNR of every encoder forward call (a forward pre-hook); returns the (growing) list."""
+    seen = []
+    encoder.register_forward_pre_hook(lambda module, args: seen.append(torch.as_tensor(args[1]).reshape(-1)[0].item()))
+    return seen
+
+
+def step_log_snrs(scheduler_cls, num_inference_steps=STEPS) -> list:
+    """λ_t of every model call of `scheduler_cls()` (one per entry of `timesteps`: twice per step for Heun)."""
+    scheduler = scheduler_cls()
+    scheduler.set_timesteps(num_inference_steps)
+    return [scheduler_log_snr(scheduler, t).item() for t in scheduler.timesteps]
+
+
+def test_guidance_log_snr_range_none_or_everything_is_every_step(unet, encoder, latent_codes):
+    seen = record_encoder_log_snrs(encoder)
+    pipe = make_pipe(DDPMScheduler(), unet=unet, encoder=encoder)
+    kwargs = dict(latent_codes=latent_codes, num_inference_steps=STEPS, output_type="latent")
+    default = pipe(generator=seed(), **kwargs).images
+    assert len(seen) == STEPS
+    assert torch.equal(pipe(guidance_log_snr_range=None, generator=seed(), **kwargs).images, default)
+    everything = (float("-inf"), float("inf"))
+    assert torch.equal(pipe(guidance_log_snr_range=everything, generator=seed(), **kwargs).images, default)
+    assert len(seen) == 3 * STEPS and pipe.guidance_log_snr_range == everything
+
+
+@pytest.mark.parametrize("log_snr_range", [(50.0, 60.0), (float("-inf"), -50.0)], ids=["above", "below"])
+def test_guidance_log_snr_range_excluding_every_step_is_unconditional(unet, encoder, latent_codes, log_snr_range):
+    seen = record_encoder_log_snrs(encoder)
+    pipe = make_pipe(DDPMScheduler(), unet=unet, encoder=encoder)
+    kwargs = dict(latent_codes=latent_codes, num_inference_steps=STEPS, output_type="latent")
+    unconditional = pipe(guidance_scale=0, generator=seed(), **kwargs).images
+    out = pipe(guidance_log_snr_range=log_snr_range, generator=seed(), **kwargs)
+    assert torch.equal(out.images, unconditional) and torch.equal(out.latent_codes, latent_codes)
+    assert seen == []
+
+
+@pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, HeunDiscreteScheduler, EulerDiscreteScheduler])
+def test_guidance_log_snr_range_runs_the_encoder_exactly_inside_it(unet, encoder, latent_codes, scheduler_cls):
+    log_snrs = step_log_snrs(scheduler_cls)
+    levels = sorted(set(log_snrs))
+    low, high = levels[1], levels[2]  # the range's ends are steps' own levels: the range is closed
+    expected = [value for value in log_snrs if low <= value <= high]
+    assert 0 < len(expected) < len(log_snrs)
+
+    seen = record_encoder_log_snrs(encoder)
+    pipe = make_pipe(scheduler_cls(), unet=unet, encoder=encoder)
+    kwargs = dict(latent_codes=latent_codes, num_inference_steps=STEPS, generator=seed(), output_type="latent")
+    partial = pipe(guidance_log_snr_range=(low, high), **kwargs).images
+    assert seen == pytest.approx(expected, rel=1e-6)  # float32 in the encoder
+    unguided = pipe(guidance_scale=0, **kwargs).images
+    guided = pipe(**kwargs).images
+    assert (partial - unguided).abs().max() > 1e-5 and (partial - guided).abs().max() > 1e-5
+
+
+def test_guidance_log_snr_range_leaves_the_steps_before_it_unguided(unet, encoder, latent_codes):
+    # DDIM runs from low to high λ: with guidance only from the third step on, the first two steps are the prior's
+    log_snrs = step_log_snrs(DDIMScheduler)
+    pipe = make_pipe(DDIMScheduler(), unet=unet, encoder=encoder)
+
+    def trajectory(**kwargs):
+        steps = []
+
+        def record(pipe, i, t, callback_kwargs):
+            steps.append(callback_kwargs["latents"].clone())
+            return {}
+
+        pipe(latent_codes=latent_codes, num_inference_steps=STEPS, generator=seed(), callback_on_step_end=record,
+             **kwargs)  # fmt: skip
+        return steps
+
+    partial = trajectory(guidance_log_snr_range=(log_snrs[2], float("inf")))
+    unguided, guided = trajectory(guidance_scale=0), trajectory()
+    assert all(torch.equal(partial[i], unguided[i]) for i in (0, 1))
+    assert (partial[2] - unguided[2]).abs().max() > 1e-6 and not torch.equal(partial[-1], guided[-1])
 
 
 # 3. outputs
@@ -485,6 +566,23 @@ BAD_INPUTS = {
     "guidance_scale < 0": (dict(guidance_scale=-0.5), ValueError, "guidance_scale"),
     "guidance_scale NaN": (dict(guidance_scale=float("nan")), ValueError, "guidance_scale"),
     "output_type": (dict(output_type="jpeg"), ValueError, "output_type"),
+    "guidance_log_snr_range low > high": (
+        dict(guidance_log_snr_range=(2.0, 1.0)),
+        ValueError,
+        "guidance_log_snr_range",
+    ),
+    "guidance_log_snr_range NaN": (
+        dict(guidance_log_snr_range=(float("nan"), 1.0)),
+        ValueError,
+        "guidance_log_snr_range",
+    ),
+    "guidance_log_snr_range one number": (dict(guidance_log_snr_range=3.0), ValueError, "guidance_log_snr_range"),
+    "guidance_log_snr_range three numbers": (
+        dict(guidance_log_snr_range=(0.0, 1.0, 2.0)),
+        ValueError,
+        "guidance_log_snr_range",
+    ),
+    "guidance_log_snr_range strings": (dict(guidance_log_snr_range=("0", "1")), ValueError, "guidance_log_snr_range"),
     "generator list too long": (dict(batch_size=2, generator=[seed(), seed(), seed()]), ValueError, "generator"),
     "generator list vs codes": (
         dict(latent_codes=torch.randn(3, LATENT_DIM), generator=[seed()]),

@@ -134,6 +134,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         return self._guidance_scale
 
     @property
+    def guidance_log_snr_range(self) -> tuple[float, float] | None:
+        return self._guidance_log_snr_range
+
+    @property
     def num_timesteps(self) -> int:
         return self._num_timesteps
 
@@ -263,6 +267,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         guidance_scale,
         output_type,
         callback_on_step_end_tensor_inputs,
+        guidance_log_snr_range=None,
     ):
         if image is not None and latent_codes is not None:
             raise ValueError(
@@ -280,6 +285,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             )
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; choose one of {OUTPUT_TYPES}.")
+        check_log_snr_range(guidance_log_snr_range)
         if callback_on_step_end_tensor_inputs is not None and not all(
             k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
         ):
@@ -312,10 +318,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
 
     def guide(self, model_output, model_input, timestep, latent_codes) -> torch.Tensor:
         """Add the encoder's score to a UNet output: ε̂ − γ σ_t ∇_{x_t} log q_φ(z | x_t, λ_t), in the scheduler's
-        `prediction_type` (MATH.md §3). `model_input` is the VP-scaled sample the UNet saw."""
+        `prediction_type` (MATH.md §3). `model_input` is the VP-scaled sample the UNet saw. Outside
+        `guidance_log_snr_range` the UNet output is returned unchanged and the encoder does not run."""
         log_snr = scheduler_log_snr(self.scheduler, timestep)
-        if not torch.isfinite(log_snr):
-            # zero terminal SNR (ᾱ_T = 0): x_T is pure noise and carries no information about z
+        if not guided_log_snr(log_snr, self.guidance_log_snr_range):
             return model_output
         score = encoder_score(self.encoder, model_input, log_snr.float(), latent_codes)
         prediction_type = getattr(self.scheduler.config, "prediction_type", "epsilon")
@@ -339,6 +345,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         batch_size: int = 1,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
+        guidance_log_snr_range: tuple[float, float] | None = None,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -363,6 +370,11 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             guidance_scale (`float`, *optional*, defaults to 1.0):
                 γ, the weight of the encoder's score. 1 is the ScoreVAE model; larger values act as an inverse
                 temperature on q_φ(z | x_t) (as in classifier guidance); 0 is the unconditional sampler, bit for bit.
+            guidance_log_snr_range (`Tuple[float, float]`, *optional*):
+                `(low, high)`: apply the encoder term only at model calls whose log-SNR λ_t lies in the closed range
+                [low, high] (either end may be infinite); the other steps are the prior's own and the encoder does not
+                run there. Guidance in a limited interval of noise levels can improve samples (Kynkäänniemi et al.
+                2024), and here it also saves the encoder's cost at unguided steps. Defaults to every step.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Makes decoding deterministic; a list means one generator per image. It draws the initial noise, then
                 the codes when none are given, and is passed on to `scheduler.step`.
@@ -395,9 +407,11 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             guidance_scale,
             output_type,
             callback_on_step_end_tensor_inputs,
+            guidance_log_snr_range,
         )
         check_encoder_matches_unet(self.encoder, self.unet)
         self._guidance_scale = guidance_scale
+        self._guidance_log_snr_range = guidance_log_snr_range
         self._interrupt = False
         device = self._execution_device
 
@@ -645,6 +659,37 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         )
         self.maybe_free_model_hooks()
         return nats
+
+
+def check_log_snr_range(guidance_log_snr_range):
+    """Raise a `ValueError` unless `guidance_log_snr_range` is `None` or `(low, high)`: two numbers, each finite or
+    ±inf (not NaN), with low <= high."""
+    if guidance_log_snr_range is None:
+        return
+    valid = (
+        isinstance(guidance_log_snr_range, (tuple, list))
+        and len(guidance_log_snr_range) == 2
+        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in guidance_log_snr_range)
+        and not any(math.isnan(v) for v in guidance_log_snr_range)
+        and guidance_log_snr_range[0] <= guidance_log_snr_range[1]
+    )
+    if not valid:
+        raise ValueError(
+            f"guidance_log_snr_range must be None (guide every step) or a pair (low, high) of numbers (finite or "
+            f"±inf, not NaN) with low <= high, e.g. (-5.0, float('inf')); got {guidance_log_snr_range!r}."
+        )
+
+
+def guided_log_snr(log_snr: torch.Tensor, guidance_log_snr_range) -> bool:
+    """Whether the encoder term applies at a step of log-SNR `log_snr` (a 0-d tensor): λ finite (at zero terminal SNR,
+    ᾱ_T = 0, x_T is pure noise and carries no information about z) and inside the closed range
+    `guidance_log_snr_range` (`None`: every step)."""
+    if not torch.isfinite(log_snr):
+        return False
+    if guidance_log_snr_range is None:
+        return True
+    low, high = guidance_log_snr_range
+    return bool(low <= log_snr.item() <= high)
 
 
 def check_encoder_matches_unet(encoder: ScoreVAEEncoder, unet: UNet2DModel):
