@@ -474,6 +474,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         latent_codes: torch.Tensor | list[torch.Tensor] | None = None,
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
+        guidance_log_snr_range: tuple[float, float] | None = None,
         num_fixed_point_iterations: int = 0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
@@ -500,6 +501,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 Number of DDIM steps, as for the decode.
             guidance_scale (`float`, *optional*, defaults to 1.0):
                 γ, the weight of the encoder's score (0 inverts the unconditional prior).
+            guidance_log_snr_range (`Tuple[float, float]`, *optional*):
+                Apply the encoder term only at steps whose log-SNR lies in the closed range [low, high], by the same
+                rule as the decode (Kynkäänniemi et al. 2024; the encoder does not run at the other steps): decode
+                with the same range. Defaults to every step.
             num_fixed_point_iterations (`int`, *optional*, defaults to 0):
                 Refine each step by this many fixed-point iterations x_t ← DDIM⁻¹(x_prev; ε̂_cond(x_t, t)), which solve
                 the DDIM step exactly where they converge (one more UNet and encoder call per step each). 0 is plain
@@ -514,7 +519,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         """
         # 1. check inputs
         check_invertible(self.scheduler)
-        self.check_inputs(None, latent_codes, 1, num_inference_steps, guidance_scale, "pt", None)
+        self.check_inputs(
+            None, latent_codes, 1, num_inference_steps, guidance_scale, "pt", None, guidance_log_snr_range
+        )
         check_encoder_matches_unet(self.encoder, self.unet)
         if not isinstance(num_fixed_point_iterations, int) or num_fixed_point_iterations < 0:
             raise ValueError(
@@ -538,8 +545,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         def epsilon_fn(x, t):
             timesteps = t.to(x.device).expand(x.shape[0])
             x = x.to(self.unet.dtype)
+            guided = guided_log_snr(scheduler_log_snr(self.scheduler, t), guidance_log_snr_range)
             epsilon, _ = guided_epsilon(
-                self.unet, self.encoder, self.scheduler, x, timesteps, latent_codes, guidance_scale
+                self.unet, self.encoder, self.scheduler, x, timesteps, latent_codes, guidance_scale if guided else 0.0
             )
             return epsilon
 
