@@ -211,6 +211,7 @@ def cmd_interpolate(args):
         guidance_scale=args.guidance_scale,
         generator=torch.Generator().manual_seed(args.seed),
         scale=3,
+        guidance_log_snr_range=_log_snr_range(args),
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)

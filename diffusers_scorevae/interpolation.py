@@ -72,6 +72,7 @@ def interpolate(
     mode: str = "z+xT",
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
+    guidance_log_snr_range: tuple[float, float] | None = None,
 ) -> InterpolationOutput:
     r"""
     Decode `num_points` evenly spaced points between two images (endpoints included).
@@ -91,6 +92,9 @@ def interpolate(
             γ, the weight of the encoder's score, for the inversion and the decodes.
         generator (`torch.Generator`, *optional*):
             Draws the shared noise of `mode="z"` (unused by the deterministic `"z+xT"`).
+        guidance_log_snr_range (`Tuple[float, float]`, *optional*):
+            Guide only the steps whose log-SNR lies in this closed range, in the inversion and the decodes (see
+            [`ScoreVAEPipeline.__call__`]). Defaults to every step.
 
     Returns:
         [`InterpolationOutput`]: images in [0, 1], codes and initial noise of every point.
@@ -103,7 +107,12 @@ def interpolate(
     weights = torch.linspace(0, 1, num_points, dtype=torch.float64, device=images.device)
 
     if mode == "z+xT":
-        inverted = pipe.invert(images, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+        inverted = pipe.invert(
+            images,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            guidance_log_snr_range=guidance_log_snr_range,
+        )
         codes, ends = inverted.latent_codes, inverted.latents
         latents = slerp(
             ends[:1].expand(num_points, *ends.shape[1:]), ends[1:].expand(num_points, *ends.shape[1:]), weights
@@ -124,6 +133,7 @@ def interpolate(
         latents=latents,
         num_inference_steps=num_inference_steps,
         guidance_scale=guidance_scale,
+        guidance_log_snr_range=guidance_log_snr_range,
         generator=generators,
         output_type="pt",
     ).images
@@ -140,6 +150,7 @@ def interpolation_grid(
     guidance_scale: float = 1.0,
     generator: torch.Generator | None = None,
     scale: int = 2,
+    guidance_log_snr_range: tuple[float, float] | None = None,
 ) -> PIL.Image.Image:
     """A labelled grid (`visualization.make_rows`): one row per mode in `modes`, each `A | interpolants | B` with the
     two original images at its ends. Arguments as for [`interpolate`]."""
@@ -147,6 +158,9 @@ def interpolation_grid(
     labels = {"z+xT": "z lerp + x_T slerp", "z": "z lerp, shared noise"}
     rows = []
     for mode in modes:
-        out = interpolate(pipe, image_a, image_b, num_points, num_inference_steps, mode, guidance_scale, generator)
+        out = interpolate(
+            pipe, image_a, image_b, num_points, num_inference_steps, mode, guidance_scale, generator,
+            guidance_log_snr_range=guidance_log_snr_range,
+        )  # fmt: skip
         rows.append(torch.cat([ends[0], out.images.cpu(), ends[1]]))
     return make_rows(rows, [labels[mode] for mode in modes], scale=scale)

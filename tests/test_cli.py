@@ -152,6 +152,10 @@ def test_guidance_log_snr_range_flag_reaches_every_decode(tmp_path, monkeypatch,
     args += ["--num-inference-steps", "2"]
     assert main(args + ["--guidance-log-snr-range", "0", "inf"]) == 0
     assert seen[-1] == (0.0, float("inf"))
+    PIL.Image.fromarray(images[1]).save(tmp_path / "b.png")
+    interpolate = ["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--num-points", "2"]
+    assert main(interpolate + ["--num-inference-steps", "2", "--output", str(tmp_path / "grid.png"), *flag]) == 0
+    assert seen[-2:] == [(-100.0, 2.5)] * 2  # the decodes of both rows
 
     assert main(args + ["--guidance-log-snr-range", "3", "1"]) == 2  # low > high: the pipeline's ValueError
     assert "guidance_log_snr_range" in capsys.readouterr().err

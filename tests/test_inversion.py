@@ -298,6 +298,18 @@ def test_interpolate_z_and_x_T(pipe, images):
     torch.testing.assert_close(out.images[[0, -1]], decoded, rtol=0, atol=1e-4)  # batch 5 vs 2: float noise
 
 
+@pytest.mark.parametrize("mode", ["z+xT", "z"])
+def test_interpolate_passes_the_guidance_log_snr_range_on(pipe, images, mode):
+    # a range that holds no step: the inversion and the decodes are the unconditional model's
+    def run(**kwargs):
+        generator = torch.Generator().manual_seed(0)
+        return interpolate(pipe, images[0], images[1], 3, 5, mode, generator=generator, **kwargs).images
+
+    outside = run(guidance_log_snr_range=(50.0, 60.0))
+    assert torch.equal(outside, run(guidance_scale=0.0))
+    assert (outside - run()).abs().max() > 1e-4
+
+
 def test_interpolate_z_with_shared_noise(unet, encoder, images):
     pipe = ScoreVAEPipeline(unet=unet, scheduler=DDPMScheduler(), encoder=encoder)  # stochastic: shared step noise
     pipe.set_progress_bar_config(disable=True)
