@@ -487,10 +487,11 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         to the inversion's first-order error, which shrinks as the number of steps grows, and much faster with
         `num_fixed_point_iterations`.
 
-        The pipeline's scheduler must be a [`DDIMScheduler`] (decoded with eta=0); the inversion reads its config
-        (timestep spacing, `steps_offset`, `set_alpha_to_one`) and leaves it unchanged. It never clips x̂_0: with
-        `clip_sample=True` (DDIMScheduler's default) the decode clips where the inversion did not, and the round trip
-        is exact only where clipping does not bite.
+        The pipeline's scheduler must be a [`DDIMScheduler`] (decoded with eta=0) with `clip_sample=False` and
+        `thresholding=False`: a decode that clips x̂_0 at every step is many-to-one and cannot be inverted, so a
+        scheduler built with `DDIMScheduler.from_config(pipe.scheduler.config)` from a prior that clips (DDPM's
+        default) raises a `ValueError`; pass `clip_sample=False, thresholding=False` to `from_config`. The inversion
+        reads the scheduler's config (timestep spacing, `steps_offset`, `set_alpha_to_one`) and leaves it unchanged.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
@@ -526,11 +527,6 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         if not isinstance(num_fixed_point_iterations, int) or num_fixed_point_iterations < 0:
             raise ValueError(
                 f"num_fixed_point_iterations must be a non-negative integer, got {num_fixed_point_iterations!r}."
-            )
-        if self.scheduler.config.clip_sample or self.scheduler.config.thresholding:
-            logger.warning(
-                "The scheduler clips or thresholds x̂_0 but the inversion does not: set clip_sample=False and "
-                "thresholding=False on the DDIMScheduler for an exact round trip."
             )
 
         # 2. encode the images, or take the given codes
