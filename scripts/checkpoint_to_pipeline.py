@@ -29,6 +29,20 @@ def checkpoint_for_budget(run_dir: str, cpu_seconds: float) -> tuple[int, float]
     return best, cpu[best]
 
 
+def checkpoint_encoder(run_dir: str, step: int, **config_overrides) -> tuple[str, ScoreVAEEncoder]:
+    """The encoder of `run_dir/checkpoint-{step}` (its EMA weights when kept), as a plain float32 ScoreVAEEncoder."""
+    checkpoint = os.path.join(run_dir, f"checkpoint-{step}")
+    source = os.path.join(checkpoint, "encoder_ema")
+    if not os.path.isdir(source):
+        source = os.path.join(checkpoint, "encoder")
+    # EMAModel writes its own settings into the config: rebuild a plain encoder from the architecture keys
+    config = {k: v for k, v in ScoreVAEEncoder.load_config(source).items() if not k.startswith("_")}
+    architecture = ScoreVAEEncoder.extract_init_dict(config)[0] | config_overrides
+    encoder = ScoreVAEEncoder.from_config(architecture)
+    encoder.load_state_dict(ScoreVAEEncoder.from_pretrained(source, torch_dtype=torch.float32).state_dict())
+    return source, encoder
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir")
@@ -39,15 +53,7 @@ def main():
     args = parser.parse_args()
 
     step, cpu = (args.step, None) if args.step is not None else checkpoint_for_budget(args.run_dir, args.cpu_seconds)
-    checkpoint = os.path.join(args.run_dir, f"checkpoint-{step}")
-    source = os.path.join(checkpoint, "encoder_ema")
-    if not os.path.isdir(source):
-        source = os.path.join(checkpoint, "encoder")
-    # EMAModel writes its own settings into the config: rebuild a plain encoder from the architecture keys
-    config = {k: v for k, v in ScoreVAEEncoder.load_config(source).items() if not k.startswith("_")}
-    architecture = ScoreVAEEncoder.extract_init_dict(config)[0]
-    encoder = ScoreVAEEncoder.from_config(architecture)
-    encoder.load_state_dict(ScoreVAEEncoder.from_pretrained(source, torch_dtype=torch.float32).state_dict())
+    source, encoder = checkpoint_encoder(args.run_dir, step)
 
     os.makedirs(args.output_dir, exist_ok=True)
     for name in ("unet", "scheduler", "model_index.json"):
