@@ -20,8 +20,9 @@ Memory:
     process) is reported beside them and is less disturbed by other processes.
 
 `--pipeline NAME|PATH|ID` measures a trained ScoreVAEPipeline instead (e.g. the bundled `fashion-mnist`, issue 5):
-its own UNet, encoder and scheduler, ScoreVAE decoding at the guidance scale the command uses by default (4; the
-cost does not depend on the scale) against unconditional sampling with its own prior.
+its own UNet, encoder and scheduler, ScoreVAE decoding at the command's default guidance scale
+(`diffusers_scorevae.cli.DEFAULT_GUIDANCE`; the cost does not depend on the scale) against unconditional sampling
+with its own prior.
 
 Targets (issues 3 and 5): time ratio <= 1.3, memory ratio <= 1.5.
 
@@ -44,6 +45,7 @@ import torch
 from diffusers import DDIMScheduler, UNet2DModel
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
+from diffusers_scorevae.cli import DEFAULT_GUIDANCE
 
 MODES = ("scorevae", "unconditional")
 
@@ -56,12 +58,14 @@ def parse_args(input_args=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent_dim", type=int, default=384)
     parser.add_argument("--pipeline", default=None, help="A trained ScoreVAEPipeline: bundled name, folder or Hub id.")
-    parser.add_argument("--guidance_scale", type=float, default=None, help="Default: 1, or 4 with --pipeline.")
+    parser.add_argument(
+        "--guidance_scale", type=float, default=None, help="Default: 1, or the command's with --pipeline."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory_worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one CPU memory run
     args = parser.parse_args(input_args)
     if args.guidance_scale is None:
-        args.guidance_scale = 4.0 if args.pipeline is not None else 1.0
+        args.guidance_scale = DEFAULT_GUIDANCE if args.pipeline is not None else 1.0
     return args
 
 
