@@ -38,13 +38,13 @@ case "${1:-}" in
     ;;
   tail)
     python scripts/checkpoint_to_pipeline.py "$OUT/b_post_bvae" "$OUT/b_at_$2" --step "$2"
-    launch d_post_then_score 90 $SCORE --init_encoder "$OUT/b_at_$2/encoder" --max_train_steps "${3:-135}"
+    launch d_post_then_score 90 $SCORE --init_encoder "$OUT/b_at_$2/encoder" --max_train_steps "${3:-150}"
     ;;
   eval)
     for run in a_score b_post_bvae c_post_svae; do
       python scripts/checkpoint_to_pipeline.py "$OUT/$run" "$OUT/pipe_$run" --cpu_seconds "$2"
     done
-    python scripts/checkpoint_to_pipeline.py "$OUT/d_post_then_score" "$OUT/pipe_d_post_then_score" --step "${3:-135}"
+    python scripts/checkpoint_to_pipeline.py "$OUT/d_post_then_score" "$OUT/pipe_d_post_then_score" --step "${3:-150}"
     ;;
   select)  # gamma per variant: first 100 test images, DDPM 100, gamma 1 / 2 / 4 (two processes side by side)
     C="--beta_vae $B/fashion-mnist-beta-vae --classifier $B/fashion-mnist-classifier --num_images 100 --batch_size 100"
