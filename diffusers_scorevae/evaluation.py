@@ -49,6 +49,7 @@ def scorevae_decode_samples(
     num_samples_per_code: int = 1,
     progress: bool = True,
     guidance_log_snr_range: tuple[float, float] | None = None,
+    pipeline_kwargs: dict | None = None,
 ) -> torch.Tensor:
     r"""
     Decode each image's code z = E[q(z | x_0)] `num_samples_per_code` times, with different noise.
@@ -68,6 +69,8 @@ def scorevae_decode_samples(
             Show progress bars (tqdm, on stderr).
         guidance_log_snr_range (`Tuple[float, float]`, *optional*):
             Guide only the steps whose log-SNR lies in this closed range (see [`ScoreVAEPipeline.__call__`]).
+        pipeline_kwargs (`dict`, *optional*):
+            Further arguments for every pipeline call, e.g. `{"eta": 1.0}`.
 
     Returns:
         `torch.Tensor` of shape `(K, N, C, H, W)`: the decodes in [0, 1], float32 on the CPU.
@@ -90,6 +93,7 @@ def scorevae_decode_samples(
                 guidance_log_snr_range=guidance_log_snr_range,
                 generator=generator,
                 output_type="pt",
+                **(pipeline_kwargs or {}),
             )
             decodes.append(out.images.float().cpu())
         outputs.append(torch.stack(decodes))

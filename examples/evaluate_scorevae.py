@@ -7,8 +7,12 @@ classifier's features of the reconstructions and of the originals).
     python examples/evaluate_scorevae.py --pipelines runs/scorevae --beta_vae runs/beta-vae \
         --classifier runs/classifier --num_images 1000 --settings ddim:50:1 ddim:50:4 ddpm:1000:1 --output results.json
 
-A setting is `scheduler:steps:guidance_scale[:clip|noclip]` with scheduler one of ddpm, ddim, dpm (DPM-Solver++),
-euler; `clip`/`noclip` set the scheduler's `clip_sample` explicitly (otherwise the saved config is used as is).
+A setting is `scheduler:steps:guidance_scale[:option,option,...]` with scheduler one of ddpm, ddim, dpm
+(DPM-Solver++ 2M; `algorithm_type=sde-dpmsolver++` for its SDE variant), dpm-single, unipc, deis, pndm, lms, euler,
+euler-a (Euler ancestral), heun, kdpm2, kdpm2-a. An option is `clip` / `noclip` (the scheduler's `clip_sample`), `eta=X`
+(DDIM's η, passed to the pipeline) or `key=value`, a scheduler config override (value parsed as a Python literal, e.g.
+`thresholding=True`, `solver_order=3`, `use_karras_sigmas=True`); otherwise the saved config is used as is. Each
+setting reports `model_evals`, the UNet evaluations per image that its decode made (Heun makes two per step).
 `--prior FOLDER` decodes every pipeline's encoder with another prior (unet/ + scheduler/) instead of its own.
 `--num_samples_per_code K` (K >= 2) decodes each code K times: `l2` stays the first decode's, `l2_mean_of_k` is the L2
 of the mean of the K decodes (the MMSE proxy) and `l2_between_decodes` the L2 between two decodes of the same code.
@@ -19,6 +23,7 @@ setting (see `ScoreVAEPipeline.__call__`).
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import time
@@ -40,7 +45,16 @@ SCHEDULERS = {
     "ddpm": diffusers.DDPMScheduler,
     "ddim": diffusers.DDIMScheduler,
     "dpm": diffusers.DPMSolverMultistepScheduler,
+    "dpm-single": diffusers.DPMSolverSinglestepScheduler,
+    "unipc": diffusers.UniPCMultistepScheduler,
+    "deis": diffusers.DEISMultistepScheduler,
+    "pndm": diffusers.PNDMScheduler,
+    "lms": diffusers.LMSDiscreteScheduler,
     "euler": diffusers.EulerDiscreteScheduler,
+    "euler-a": diffusers.EulerAncestralDiscreteScheduler,
+    "heun": diffusers.HeunDiscreteScheduler,
+    "kdpm2": diffusers.KDPM2DiscreteScheduler,
+    "kdpm2-a": diffusers.KDPM2AncestralDiscreteScheduler,
 }
 
 
@@ -79,15 +93,34 @@ def parse_args(input_args=None):
     return args
 
 
-def make_scheduler(name: str, config, clip: str | None):
+def parse_setting(setting: str):
+    """`scheduler:steps:guidance_scale[:option,...]` -> (scheduler name, steps, γ, config overrides, pipeline kwargs)."""
+    parts = setting.split(":")
+    if len(parts) not in (3, 4):
+        raise ValueError(f"setting {setting!r} must be scheduler:steps:guidance_scale[:option,option,...].")
+    name, steps, gamma = parts[:3]
+    if name not in SCHEDULERS:
+        raise ValueError(f"setting {setting!r}: scheduler {name!r} is not one of {sorted(SCHEDULERS)}.")
+    overrides, pipeline_kwargs = {}, {}
+    for option in parts[3].split(",") if len(parts) == 4 and parts[3] else []:
+        if option in ("clip", "noclip"):
+            overrides["clip_sample"] = option == "clip"
+        elif "=" in option:
+            key, value = option.split("=", 1)
+            try:
+                value = ast.literal_eval(value)
+            except (ValueError, SyntaxError):  # a bare word, e.g. algorithm_type=sde-dpmsolver++
+                pass
+            (pipeline_kwargs if key == "eta" else overrides)[key] = value
+        else:
+            raise ValueError(f"setting {setting!r}: option {option!r} must be clip, noclip or key=value.")
+    return name, int(steps), float(gamma), overrides, pipeline_kwargs
+
+
+def make_scheduler(name: str, config, overrides: dict | None = None):
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler {name!r} is not one of {sorted(SCHEDULERS)}.")
-    overrides = {}
-    if clip is not None:
-        if clip not in ("clip", "noclip"):
-            raise ValueError(f"clip option {clip!r} must be 'clip' or 'noclip'.")
-        overrides["clip_sample"] = clip == "clip"
-    return SCHEDULERS[name].from_config(config, **overrides)
+    return SCHEDULERS[name].from_config(config, **(overrides or {}))
 
 
 def main(args):
@@ -119,20 +152,24 @@ def main(args):
         pipe.to(device)
         kl = kl_rate(pipe.encoder, originals).mean().item()  # the encoder's rate: the same for every setting
         base_config = pipe.scheduler.config
+        unet_calls = []  # batch sizes of the UNet's forward calls, for the model evaluations per image
+        hook = pipe.unet.register_forward_hook(lambda module, inputs, output: unet_calls.append(inputs[0].shape[0]))
         for setting in args.settings:
-            name, steps, gamma, *clip = setting.split(":")
-            pipe.scheduler = make_scheduler(name, base_config, clip[0] if clip else None)
+            name, steps, gamma, overrides, pipeline_kwargs = parse_setting(setting)
+            pipe.scheduler = make_scheduler(name, base_config, overrides)
+            unet_calls.clear()
             start = time.time()
             decodes = scorevae_decode_samples(
                 pipe,
                 originals,
                 args.batch_size,
-                int(steps),
-                float(gamma),
+                steps,
+                gamma,
                 seed=args.seed,
                 num_samples_per_code=args.num_samples_per_code,
                 progress=False,
                 guidance_log_snr_range=args.guidance_log_snr_range,
+                pipeline_kwargs=pipeline_kwargs,
             )
             seconds = (time.time() - start) / args.num_samples_per_code  # one decode of every image
             reconstructions = decodes[0]
@@ -141,6 +178,7 @@ def main(args):
             if args.num_samples_per_code > 1:
                 entry.update(same_code_metrics(originals, decodes))
             entry["seconds"] = seconds
+            entry["model_evals"] = sum(unet_calls) / (len(originals) * args.num_samples_per_code)
             entry["clip_sample"] = pipe.scheduler.config.get("clip_sample")
             results.setdefault("scorevae", {}).setdefault(path, {})[setting] = entry
             print(path, setting, entry, flush=True)
@@ -152,6 +190,8 @@ def main(args):
                 stem = os.path.splitext(args.output)[0]
                 n = args.save_reconstructions
                 save_rows([originals[:n], reconstructions[:n]], f"{stem}-{os.path.basename(path)}-{setting.replace(':', '_')}.png")
+
+        hook.remove()
 
     with open(args.output, "w") as f:
         json.dump(results, f, indent=2)

@@ -125,8 +125,8 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     pipeline = pretrained_path("fashion-mnist")
     args = evaluate_scorevae.parse_args(
         ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
-         "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3", "--settings", "ddim:2:1",
-         "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
+         "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3", "--settings", "ddim:2:1", "heun:2:1:noclip",
+         "ddim:2:1:eta=1.0,clip_sample=False", "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
          "--guidance_log_snr_range", "-100", "inf"]
     )  # fmt: skip
     evaluate_scorevae.main(args)
@@ -137,5 +137,22 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     assert {"l2", "kl", "fd", "class_kept", "l2_mean_of_k", "l2_between_decodes", "seconds"} <= set(entry)
     assert entry["kl"] > 0 and entry["l2_between_decodes"] > 0
     assert {"l2", "kl", "fd", "class_kept"} <= set(results["beta_vae"]) and results["beta_vae"]["kl"] > 0
+    # model evaluations per image: one per step, two per Heun step but the last
+    runs = results["scorevae"][pipeline]
+    assert [runs[s]["model_evals"] for s in ("ddim:2:1", "heun:2:1:noclip")] == [2, 3]
+    assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["clip_sample"] is False
+    assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["l2"] != entry["l2"]  # η = 1 is another sampler
+
+
+def test_evaluate_scorevae_settings():
+    parse = evaluate_scorevae.parse_setting
+    assert parse("ddpm:50:2") == ("ddpm", 50, 2.0, {}, {})
+    assert parse("ddim:25:1.5:noclip,eta=0.5") == ("ddim", 25, 1.5, {"clip_sample": False}, {"eta": 0.5})
+    assert parse("dpm:20:2:algorithm_type=sde-dpmsolver++,solver_order=2") == (
+        "dpm", 20, 2.0, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, {}
+    )
+    for bad, name in [("ddpm:50", "setting"), ("foo:50:2", "scheduler"), ("ddpm:50:2:fast", "option")]:
+        with pytest.raises(ValueError, match=name):
+            parse(bad)
     with pytest.raises(ValueError, match="--num_samples_per_code"):
-        evaluate_scorevae.parse_args(["--pipelines", pipeline, "--output", "x.json", "--num_samples_per_code", "0"])
+        evaluate_scorevae.parse_args(["--pipelines", "p", "--output", "x.json", "--num_samples_per_code", "0"])

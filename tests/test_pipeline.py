@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import LATENT_DIM, make_encoder, make_unet
 from diffusers import (
+    DDIMPipeline,
     DDIMScheduler,
     DDPMPipeline,
     DDPMScheduler,
@@ -96,6 +97,21 @@ def test_zero_guidance_equals_ddpm_pipeline_and_skips_encoder(unet, encoder, lat
     np.testing.assert_array_equal(out.images, expected)
     assert torch.equal(out.latent_codes, latent_codes)
     assert len(encoder_calls) == 0
+
+
+def test_eta_reaches_ddim_like_ddim_pipeline(unet, encoder, latent_codes):
+    # diffusers' DDIMPipeline passes eta (η) to DDIMScheduler.step: at guidance 0 ours is the same sampler bit for bit
+    reference = DDIMPipeline(unet=unet, scheduler=DDIMScheduler())
+    reference.set_progress_bar_config(disable=True)
+    expected = reference(batch_size=2, num_inference_steps=STEPS, eta=0.7, generator=seed(), output_type="np").images
+    pipe = make_pipe(DDIMScheduler(), unet=unet, encoder=encoder)
+    out = pipe(batch_size=2, num_inference_steps=STEPS, guidance_scale=0, eta=0.7, generator=seed(), output_type="np")
+    np.testing.assert_array_equal(out.images, expected)
+    # η changes the guided decode, and η = 0 is the default (deterministic DDIM)
+    kwargs = dict(latent_codes=latent_codes, num_inference_steps=STEPS, output_type="pt")
+    default = pipe(**kwargs, generator=seed()).images
+    assert torch.equal(pipe(**kwargs, eta=0.0, generator=seed()).images, default)
+    assert (pipe(**kwargs, eta=1.0, generator=seed()).images - default).abs().max() > 1e-4
 
 
 @pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerDiscreteScheduler])
@@ -594,6 +610,9 @@ BAD_INPUTS = {
     "latents NaN": (dict(latents=torch.full((1, 3, 8, 8), float("nan"))), ValueError, "latents"),
     "batch_size 0": (dict(batch_size=0), ValueError, "batch_size"),
     "batch_size vs codes": (dict(batch_size=3, latent_codes=torch.randn(2, LATENT_DIM)), ValueError, "batch_size"),
+    "eta with DDPM": (dict(eta=0.5), ValueError, "eta"),
+    "eta < 0": (dict(eta=-1.0), ValueError, "eta"),
+    "eta NaN": (dict(eta=float("nan")), ValueError, "eta"),
     "callback tensor inputs": (
         dict(callback_on_step_end_tensor_inputs=["noise"]),
         ValueError,

@@ -253,10 +253,21 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             raise ValueError("latent_codes contains NaN or infinite values.")
         return latent_codes.to(self._execution_device, self.encoder.dtype)
 
-    def prepare_extra_step_kwargs(self, generator) -> dict:
-        # not all schedulers' `step` take a generator (DDIM, DDPM, Euler ancestral, ... do; PNDM, LMS, ... do not)
-        accepts_generator = "generator" in set(inspect.signature(self.scheduler.step).parameters.keys())
-        return {"generator": generator} if accepts_generator else {}
+    def prepare_extra_step_kwargs(self, generator, eta: float = 0.0) -> dict:
+        # not all schedulers' `step` take a generator (DDIM, DDPM, Euler ancestral, ... do; PNDM, LMS, ... do not);
+        # eta (η) is DDIM's: passed where `step` accepts it, and a non-zero η for a scheduler without it is an error
+        if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
+            raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}.")
+        parameters = set(inspect.signature(self.scheduler.step).parameters.keys())
+        extra_step_kwargs = {"generator": generator} if "generator" in parameters else {}
+        if "eta" in parameters:
+            extra_step_kwargs["eta"] = eta
+        elif eta != 0:
+            raise ValueError(
+                f"eta={eta!r} is only used by schedulers whose `step` takes `eta` (DDIMScheduler and its relatives); "
+                f"{type(self.scheduler).__name__} does not. Leave eta at 0 or use DDIMScheduler."
+            )
+        return extra_step_kwargs
 
     def check_inputs(
         self,
@@ -346,6 +357,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         num_inference_steps: int = 50,
         guidance_scale: float = 1.0,
         guidance_log_snr_range: tuple[float, float] | None = None,
+        eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         output_type: str = "pil",
@@ -375,6 +387,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 [low, high] (either end may be infinite); the other steps are the prior's own and the encoder does not
                 run there. Guidance in a limited interval of noise levels can improve samples (Kynkäänniemi et al.
                 2024), and here it also saves the encoder's cost at unguided steps. Defaults to every step.
+            eta (`float`, *optional*, defaults to 0.0):
+                η of the DDIM paper (0: deterministic DDIM; 1: DDPM-like noise), passed to `scheduler.step` for
+                [`DDIMScheduler`] and other schedulers whose `step` takes `eta`; a non-zero η with any other scheduler
+                is a `ValueError`.
             generator (`torch.Generator` or `List[torch.Generator]`, *optional*):
                 Makes decoding deterministic; a list means one generator per image. It draws the initial noise, then
                 the codes when none are given, and is passed on to `scheduler.step`.
@@ -433,7 +449,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         self._num_timesteps = len(timesteps)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
         # 4. prepare the initial noise, then (with no image or codes) draw the codes z ~ N(0, I)
         latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
