@@ -12,8 +12,6 @@ Decoding settings default to the command's (`cli.DEFAULT_STEPS`, `cli.DEFAULT_GU
 read when the page is built, so the page decodes as `scorevae demo` does.
 """
 
-from __future__ import annotations
-
 import json
 import os
 import threading
@@ -690,17 +688,18 @@ def build_demo(
         """Bundled test images to click, an upload box for any file, and the input as the model will see it."""
         source = gr.State(None)
         with gr.Column():
-            gallery = gr.Gallery(
+            gallery = gr.Gallery(format="png", 
                 value=thumbnails,
                 label=f"{label}: click a bundled Fashion-MNIST test image",
-                columns=8,
-                height=220,
+                columns=6,
+                height=230,
+                object_fit="contain",
                 allow_preview=False,
                 elem_id=f"{tab}-gallery",
             )
             upload = gr.File(label="… or upload any image file", type="filepath", elem_id=f"{tab}-upload")
             with gr.Row():
-                preview = gr.Image(
+                preview = gr.Image(format="png", 
                     label=f"{label} as the model sees it", interactive=False, height=160, elem_id=f"{tab}-input"
                 )
                 note = gr.Markdown(elem_id=f"{tab}-note")
@@ -767,13 +766,17 @@ def build_demo(
                 with gr.Column():
                     recon_settings = settings("reconstruct", steps, "decodes per code")
                     go, stop, status = buttons("reconstruct", "Reconstruct")
-                    with gr.Row():
-                        original_out = gr.Image(label="original", height=200, elem_id="reconstruct-original")
-                        beta_out = gr.Image(label="β-VAE", height=200, elem_id="reconstruct-beta-vae")
-                    decodes_out = gr.Gallery(
-                        label="ScoreVAE reconstruction(s)", columns=4, height=220, elem_id="reconstruct-output"
-                    )
-                    metrics_out = gr.Markdown(elem_id="reconstruct-metrics")
+            with gr.Row():
+                original_out = gr.Image(format="png", label="original", height=240, elem_id="reconstruct-original")
+                decodes_out = gr.Gallery(format="png", 
+                    label="ScoreVAE reconstruction(s)",
+                    columns=4,
+                    height=240,
+                    object_fit="contain",
+                    elem_id="reconstruct-output",
+                )
+                beta_out = gr.Image(format="png", label="β-VAE", height=240, elem_id="reconstruct-beta-vae")
+            metrics_out = gr.Markdown(elem_id="reconstruct-metrics")
 
             def on_reconstruct(name, source, steps, guidance, decodes, seed, request: gr.Request, progress=gr.Progress()):
                 def fn(event):
@@ -806,7 +809,7 @@ def build_demo(
                 source_b = image_picker("interpolate-b", "image B")
             interp_settings = settings("interpolate", interpolation_steps, "points", count=(8, 2, MAX_IMAGES))
             go, stop, status = buttons("interpolate", "Interpolate")
-            strip_out = gr.Image(label="A | interpolants | B", elem_id="interpolate-output")
+            strip_out = gr.Image(format="png", label="A | interpolants | B", elem_id="interpolate-output")
 
             def on_interpolate(name, a, b, steps, guidance, points, seed, request: gr.Request, progress=gr.Progress()):
                 def fn(event):
@@ -832,7 +835,7 @@ def build_demo(
             gr.Markdown("Codes z ~ N(0, I), each decoded once: the VAE's generative model.")
             sample_settings = settings("sample", steps, "images", count=(8, 1, MAX_IMAGES))
             go, stop, status = buttons("sample", "Sample")
-            samples_out = gr.Gallery(label="samples", columns=8, height=260, elem_id="sample-output")
+            samples_out = gr.Gallery(format="png", label="samples", columns=8, height=260, elem_id="sample-output")
 
             def on_sample(name, steps, guidance, count, seed, request: gr.Request, progress=gr.Progress()):
                 result, error = run(
@@ -859,8 +862,8 @@ def build_demo(
                 with gr.Column():
                     swap_settings = settings("swap", steps, "codes (without an image)", count=(4, 1, MAX_IMAGES))
                     go, stop, status = buttons("swap", "Decode with both priors")
-                    own_out = gr.Gallery(label="the pipeline's prior", columns=4, height=200, elem_id="swap-own")
-                    other_out = gr.Gallery(label="the other prior", columns=4, height=200, elem_id="swap-other")
+                    own_out = gr.Gallery(format="png", label="the pipeline's prior", columns=4, height=200, elem_id="swap-own")
+                    other_out = gr.Gallery(format="png", label="the other prior", columns=4, height=200, elem_id="swap-other")
 
             def on_swap(name, prior, source, steps, guidance, count, seed, request: gr.Request,
                         progress=gr.Progress()):  # fmt: skip
