@@ -150,6 +150,12 @@ def test_page_defaults_follow_the_command(models, monkeypatch):
     assert guidance == [3.5] * 4
     tabs = [b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"]
     assert tabs == ["Reconstruct", "Interpolate", "Sample", "Swap prior"]
+    # the four decodes share one queue slot (one decode at a time; the rest wait), and each has a Stop
+    decodes = [fn for fn in demo.fns.values() if fn.name in ("on_reconstruct", "on_interpolate", "on_sample", "on_swap")]
+    assert len(decodes) == 4 and all(fn.queue and fn.concurrency_limit == 1 for fn in decodes)
+    assert len({fn.concurrency_id for fn in decodes}) == 1
+    cancelled = {i for fn in demo.fns.values() if fn.cancels for i in fn.cancels}
+    assert cancelled == {fn._id for fn in decodes}
 
 
 def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):
@@ -219,6 +225,7 @@ def test_page_reconstructs_in_headless_chromium(models, tmp_path):
     if paths is None:
         pytest.skip(reason)
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     port = _free_port()
@@ -261,6 +268,22 @@ def test_page_reconstructs_in_headless_chromium(models, tmp_path):
         browser.find_element(By.CSS_SELECTOR, "#reconstruct-upload input[type=file]").send_keys(str(broken))
         wait.until(lambda b: "Could not read 'broken.png'" in b.find_element(By.ID, "reconstruct-note").text)
         assert "Traceback" not in browser.page_source
+
+        # a long decode shows its steps in the page, and Stop ends it (the decode thread lets the pipeline go)
+        steps = browser.find_element(By.CSS_SELECTOR, "#reconstruct-steps input[type=number]")
+        steps.send_keys(Keys.CONTROL, "a")  # one send_keys per chord: a modifier stays down to the call's end
+        steps.send_keys("1000")
+        steps.send_keys(Keys.ENTER)
+        browser.find_elements(By.CSS_SELECTOR, thumbnails)[1].click()
+        wait.until(lambda b: "bundled test image 1" in b.find_element(By.ID, "reconstruct-note").text)
+        browser.find_element(By.ID, "reconstruct-run").click()
+        trackers = "#reconstruct-output [data-testid=status-tracker]"
+        wait.until(lambda b: re.search(r"decoding: step \d+/1000", b.find_element(By.CSS_SELECTOR, trackers).text))
+        browser.find_element(By.ID, "reconstruct-stop").click()
+        wait.until(lambda b: "Stopped." in b.find_element(By.ID, "reconstruct-status").text)
+        assert models.lock.acquire(timeout=20)  # 1000 steps take minutes here; a stopped decode ends within a step
+        models.lock.release()
+        browser.save_screenshot(str(tmp_path / "app-stopped.png"))
     finally:
         browser.quit()
         demo.close()
