@@ -691,7 +691,7 @@ def build_demo(
             gallery = gr.Gallery(format="png", 
                 value=thumbnails,
                 label=f"{label}: click a bundled Fashion-MNIST test image",
-                columns=6,
+                columns=5,
                 height=230,
                 object_fit="contain",
                 allow_preview=False,
@@ -724,11 +724,15 @@ def build_demo(
     def settings(tab: str, default_steps: int, count_label: str | None = None, count=(1, 1, MAX_DECODES)):
         with gr.Row():
             steps_slider = gr.Slider(1, MAX_STEPS, value=default_steps, step=1, label="steps", elem_id=f"{tab}-steps")
-            guidance_slider = gr.Slider(0, MAX_GUIDANCE, value=guidance, step=0.1, label="γ (guidance scale)")
+            guidance_slider = gr.Slider(
+                0, MAX_GUIDANCE, value=guidance, step=0.1, label="γ (guidance scale)", elem_id=f"{tab}-guidance"
+            )
             sliders = [steps_slider, guidance_slider]
             if count_label is not None:
-                sliders.append(gr.Slider(count[1], count[2], value=count[0], step=1, label=count_label))
-            sliders.append(gr.Slider(0, 10_000, value=0, step=1, label="seed"))
+                sliders.append(
+                    gr.Slider(count[1], count[2], value=count[0], step=1, label=count_label, elem_id=f"{tab}-count")
+                )
+            sliders.append(gr.Slider(0, 10_000, value=0, step=1, label="seed", elem_id=f"{tab}-seed"))
         return sliders
 
     def buttons(tab: str, label: str):
@@ -767,15 +771,15 @@ def build_demo(
                     recon_settings = settings("reconstruct", steps, "decodes per code")
                     go, stop, status = buttons("reconstruct", "Reconstruct")
             with gr.Row():
-                original_out = gr.Image(format="png", label="original", height=240, elem_id="reconstruct-original")
+                original_out = gr.Image(format="png", label="original", height=300, elem_id="reconstruct-original")
                 decodes_out = gr.Gallery(format="png", 
                     label="ScoreVAE reconstruction(s)",
-                    columns=4,
-                    height=240,
+                    columns=2,
+                    height=300,
                     object_fit="contain",
                     elem_id="reconstruct-output",
                 )
-                beta_out = gr.Image(format="png", label="β-VAE", height=240, elem_id="reconstruct-beta-vae")
+                beta_out = gr.Image(format="png", label="β-VAE", height=300, elem_id="reconstruct-beta-vae")
             metrics_out = gr.Markdown(elem_id="reconstruct-metrics")
 
             def on_reconstruct(name, source, steps, guidance, decodes, seed, request: gr.Request, progress=gr.Progress()):
