@@ -71,7 +71,7 @@ def bundled_priors(exclude: str | None = None) -> list[str]:
     return priors
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # images in and out
 
 
@@ -186,7 +186,7 @@ def bundled_image(index: int) -> tuple[PIL.Image.Image, str]:
     return PIL.Image.fromarray(images[index]), FASHION_MNIST_CLASSES[int(labels[index])]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # models
 
 
@@ -298,7 +298,7 @@ def _decode(pipe, codes, num_inference_steps, guidance_scale, seed, progress, st
     return out.images.float().cpu()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # what the buttons do
 
 
@@ -345,9 +345,10 @@ def reconstruct(
             Set it to stop the decode at the next step; the function then raises [`DecodeStopped`].
 
     Returns:
-        [`ReconstructionResult`]: `metrics` has `"scorevae"` (L2, PSNR, SSIM, sharpness of the first decode, its rate
-        `kl` in nats, `class_kept`; with K ≥ 2 also `l2_mean_of_k` and `l2_between_decodes`), `"beta_vae"` (the same,
-        when the β-VAE is loaded) and `"original"` (sharpness, and the classifier's class).
+        [`ReconstructionResult`]: `metrics` has `"scorevae"` (L2, PSNR, SSIM, sharpness of the first decode, the
+        code's rate `kl` in nats, `class_kept` over all K decodes; with K ≥ 2 also `l2_mean_of_k` and
+        `l2_between_decodes`), `"beta_vae"` (the same, when the β-VAE is loaded), `"original"` (sharpness, and the
+        classifier's class) and `"settings"`.
     """
     from .data import FASHION_MNIST_CLASSES
     from .evaluation import beta_vae_reconstruct, kl_rate, reconstruction_metrics, same_code_metrics
@@ -567,14 +568,15 @@ def metrics_markdown(metrics: dict) -> str:
     lines.append(
         f"{settings['scheduler']}, {settings['num_inference_steps']} steps, γ = {settings['guidance_scale']:g}, "
         f"{settings['num_decodes']} decode(s), seed {settings['seed']}. kl: the code's rate in nats; l2 in [0, 1] "
-        "pixel units over the image (first decode); class_kept: the bundled classifier gives the original's class"
+        "pixel units over the image (first decode); class_kept (over all decodes): the bundled classifier gives "
+        "the original's class"
         + (f" (*{metrics['original']['class']}*)" if "class" in metrics["original"] else "")
         + "."
     )
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # the page
 
 
@@ -653,7 +655,9 @@ def build_demo(
 
     steps = cli.DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
     guidance = cli.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
-    interpolation_steps = command_defaults("interpolate")["num_inference_steps"] if num_inference_steps is None else steps
+    interpolation_steps = (
+        command_defaults("interpolate")["num_inference_steps"] if num_inference_steps is None else steps
+    )
     loaded = {pipeline: models if models is not None else load_models(pipeline, device=device)}
     pipelines = [pipeline] + [name for name in available_pipelines() if name != pipeline]
     stops = _Stops()
@@ -688,7 +692,8 @@ def build_demo(
         """Bundled test images to click, an upload box for any file, and the input as the model will see it."""
         source = gr.State(None)
         with gr.Column():
-            gallery = gr.Gallery(format="png", 
+            gallery = gr.Gallery(
+                format="png",
                 value=thumbnails,
                 label=f"{label}: click a bundled Fashion-MNIST test image",
                 columns=5,
@@ -699,14 +704,22 @@ def build_demo(
             )
             upload = gr.File(label="… or upload any image file", type="filepath", elem_id=f"{tab}-upload")
             with gr.Row():
-                preview = gr.Image(format="png", 
-                    label=f"{label} as the model sees it", interactive=False, height=160, elem_id=f"{tab}-input"
+                preview = gr.Image(
+                    format="png",
+                    label=f"{label} as the model sees it",
+                    interactive=False,
+                    height=160,
+                    elem_id=f"{tab}-input",
                 )
                 note = gr.Markdown(elem_id=f"{tab}-note")
 
         def picked(evt: gr.SelectData):
             picture, class_name = bundled_image(evt.index)
-            return ("bundled", evt.index), to_pil(to_tensor(picture))[0], f"bundled test image {evt.index} ({class_name})"
+            return (
+                ("bundled", evt.index),
+                to_pil(to_tensor(picture))[0],
+                f"bundled test image {evt.index} ({class_name})",
+            )
 
         def uploaded(name: str, path: str | None):
             if path is None:
@@ -772,7 +785,8 @@ def build_demo(
                     go, stop, status = buttons("reconstruct", "Reconstruct")
             with gr.Row():
                 original_out = gr.Image(format="png", label="original", height=300, elem_id="reconstruct-original")
-                decodes_out = gr.Gallery(format="png", 
+                decodes_out = gr.Gallery(
+                    format="png",
                     label="ScoreVAE reconstruction(s)",
                     columns=2,
                     height=300,
@@ -782,7 +796,9 @@ def build_demo(
                 beta_out = gr.Image(format="png", label="β-VAE", height=300, elem_id="reconstruct-beta-vae")
             metrics_out = gr.Markdown(elem_id="reconstruct-metrics")
 
-            def on_reconstruct(name, source, steps, guidance, decodes, seed, request: gr.Request, progress=gr.Progress()):
+            def on_reconstruct(
+                name, source, steps, guidance, decodes, seed, request: gr.Request, progress=gr.Progress()
+            ):
                 def fn(event):
                     image = _source_image(source)
                     return reconstruct(get_models(name), image, steps, guidance, decodes, seed, progress, event)
@@ -866,8 +882,12 @@ def build_demo(
                 with gr.Column():
                     swap_settings = settings("swap", steps, "codes (without an image)", count=(4, 1, MAX_IMAGES))
                     go, stop, status = buttons("swap", "Decode with both priors")
-                    own_out = gr.Gallery(format="png", label="the pipeline's prior", columns=4, height=200, elem_id="swap-own")
-                    other_out = gr.Gallery(format="png", label="the other prior", columns=4, height=200, elem_id="swap-other")
+                    own_out = gr.Gallery(
+                        format="png", label="the pipeline's prior", columns=4, height=200, elem_id="swap-own"
+                    )
+                    other_out = gr.Gallery(
+                        format="png", label="the other prior", columns=4, height=200, elem_id="swap-other"
+                    )
 
             def on_swap(name, prior, source, steps, guidance, count, seed, request: gr.Request,
                         progress=gr.Progress()):  # fmt: skip

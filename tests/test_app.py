@@ -44,7 +44,11 @@ def test_prepare_image_converts_any_image_and_says_how():
     picture, note = app.prepare_image(sixteen, (1, 28, 28))
     assert 120 <= np.asarray(picture).mean() <= 135 and "scaled" in note and "resized from 56×56" in note
     picture, note = app.prepare_image(np.full((28, 28, 3), 0.5, dtype=np.float32), (1, 28, 28))
-    assert picture.mode == "L" and abs(np.asarray(picture).mean() - 128) <= 1 and note == "converted from RGB to grayscale"
+    assert (
+        picture.mode == "L"
+        and abs(np.asarray(picture).mean() - 128) <= 1
+        and note == "converted from RGB to grayscale"
+    )
 
 
 def test_prepare_image_files_and_unreadable_files(tmp_path):
@@ -151,7 +155,9 @@ def test_page_defaults_follow_the_command(models, monkeypatch):
     tabs = [b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"]
     assert tabs == ["Reconstruct", "Interpolate", "Sample", "Swap prior"]
     # the four decodes share one queue slot (one decode at a time; the rest wait), and each has a Stop
-    decodes = [fn for fn in demo.fns.values() if fn.name in ("on_reconstruct", "on_interpolate", "on_sample", "on_swap")]
+    decodes = [
+        fn for fn in demo.fns.values() if fn.name in ("on_reconstruct", "on_interpolate", "on_sample", "on_swap")
+    ]
     assert len(decodes) == 4 and all(fn.queue and fn.concurrency_limit == 1 for fn in decodes)
     assert len({fn.concurrency_id for fn in decodes}) == 1
     cancelled = {i for fn in demo.fns.values() if fn.cancels for i in fn.cancels}
@@ -167,7 +173,8 @@ def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):
 
 
 def test_package_and_command_do_not_import_gradio():
-    code = "import sys, diffusers_scorevae, diffusers_scorevae.app, diffusers_scorevae.cli; print('gradio' in sys.modules)"
+    modules = "diffusers_scorevae, diffusers_scorevae.app, diffusers_scorevae.cli"
+    code = f"import sys, {modules}; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -185,7 +192,7 @@ def test_space_files():
         assert "launch(" in f.read()
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # the page in a real browser
 
 
@@ -195,10 +202,16 @@ def _browser():
         import selenium  # noqa: F401
     except ImportError:
         return None, "selenium is not installed (pip install -e '.[test]')"
-    chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+    chromium = next(
+        (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None
+    )
     driver = shutil.which("chromedriver")
     if chromium is None or driver is None:
-        return None, "no headless browser: install Debian's chromium and chromium-driver (apt-get install -y chromium chromium-driver)"
+        return (
+            None,
+            "no headless browser: install Debian's chromium and chromium-driver "
+            "(apt-get install -y chromium chromium-driver)",
+        )
     return (chromium, driver), None
 
 
