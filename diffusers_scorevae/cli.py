@@ -245,6 +245,17 @@ def cmd_reconstruct(args):
     print(f"wrote {len(images)} reconstructions, grid.png and latent_codes.npy to {args.output_dir}")
 
 
+def cmd_app(args):
+    from .app import launch, require_gradio
+
+    try:
+        require_gradio()
+    except ImportError as error:
+        print(f"scorevae app: error: {error}", file=sys.stderr)
+        raise SystemExit(2)
+    launch(pipeline=args.pipeline, server_name=args.host, server_port=args.port, share=args.share, device=args.device)
+
+
 def _print_metrics(metrics: dict):
     columns = ("kl", "l2", "psnr", "ssim", "sharpness", "class_kept", "fd", "l2_mean_of_k", "l2_between_decodes")
     rows = {name: metrics[name] for name in ("scorevae", "beta_vae", "originals")}
@@ -336,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
     reconstruct.add_argument("--output-dir", required=True)
     _add_decoding_args(reconstruct)
     reconstruct.set_defaults(func=cmd_reconstruct)
+
+    app = sub.add_parser("app", help="An interactive demo in the browser (Gradio): reconstruct, interpolate, sample.")
+    app.add_argument("--pipeline", default="fashion-mnist", help="Bundled name, folder or Hub id of the pipeline.")
+    app.add_argument("--port", type=int, default=None, help="Port (default: $GRADIO_SERVER_PORT or 7860).")
+    app.add_argument("--host", default=None, help="Address to listen on (default: $GRADIO_SERVER_NAME or 127.0.0.1).")
+    app.add_argument("--share", action="store_true", help="Also ask Gradio for a public link (needs the internet).")
+    app.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    app.set_defaults(func=cmd_app)
     return parser
 
 

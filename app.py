@@ -1,0 +1,7 @@
+"""The ScoreVAE demo as a Hugging Face Space runs it (`python app.py`; Gradio SDK, see the README's "Interactive
+demo"). The same page as `scorevae app`: the bundled Fashion-MNIST pipeline, offline, one decode at a time."""
+
+from diffusers_scorevae.app import launch
+
+if __name__ == "__main__":
+    launch()
