@@ -442,3 +442,84 @@ def test_compvis_ldm_celebahq_256_reconstructs_offline(compvis_repo, monkeypatch
     assert out.latent_codes.shape == (1, 32)
     with pytest.raises(ValueError, match="the UNet models 256x256"):
         pipe.encode(PIL.Image.new("RGB", (64, 64)))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the training script on a latent prior
+
+TRAINING_SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples",
+                               "train_scorevae_encoder.py")  # fmt: skip
+
+
+def run_training(args):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, TRAINING_SCRIPT, *args], capture_output=True, text=True, env=env)
+
+
+@pytest.mark.parametrize("objective", ["score", "posterior"])
+def test_training_script_trains_on_the_latents_of_an_ldm(tmp_path, objective):
+    prior = ldm_folder(tmp_path)
+    rng = np.random.default_rng(0)
+    os.makedirs(tmp_path / "images")
+    for i in range(16):
+        PIL.Image.fromarray(rng.integers(0, 255, (PIXEL_SIZE, PIXEL_SIZE, 3), dtype=np.uint8)).save(
+            tmp_path / "images" / f"{i}.png"
+        )
+    extra = ["--center_crop"]  # deterministic images: encoded once
+    if objective == "posterior":
+        teacher = make_encoder(3, latent_dim=8)  # a frozen encoder of clean latents
+        teacher.save_pretrained(tmp_path / "teacher")
+        extra = ["--random_flip", "--objective", "posterior", "--teacher", str(tmp_path / "teacher")]  # on the fly
+    out = tmp_path / "run"
+    result = run_training([
+        "--pretrained_model_name_or_path", prior, "--train_data_dir", str(tmp_path / "images"),
+        "--output_dir", str(out), "--train_batch_size", "4", "--max_train_steps", "2", "--latent_dim", "8",
+        "--encoder_block_out_channels", "8,16", "--encoder_norm_num_groups", "4", "--logger", "none", "--seed", "0",
+        *extra,
+    ])  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stderr + result.stdout
+    assert ("16 images encoded once" in log) == (objective == "score"), log[-2000:]
+    pipe = ScoreVAEPipeline.from_pretrained(out)
+    assert isinstance(pipe.vae, VQModel) and latent_scaling(pipe.vae) == (1.0, 0.0)
+    assert pipe.encoder.config.sample_size == LATENT_SIZE and pipe.image_shape == (3, PIXEL_SIZE, PIXEL_SIZE)
+    image = PIL.Image.open(tmp_path / "images" / "0.png")
+    assert pipe(image=image, num_inference_steps=1, output_type="pil").images[0].size == (PIXEL_SIZE, PIXEL_SIZE)
+    # the resolution the encoder sees is the autoencoder's, not the UNet's
+    bad = run_training([
+        "--pretrained_model_name_or_path", prior, "--train_data_dir", str(tmp_path / "images"),
+        "--output_dir", str(tmp_path / "bad"), "--resolution", str(LATENT_SIZE), "--logger", "none",
+    ])  # fmt: skip
+    assert bad.returncode != 0 and "--resolution 8 does not match the resolution the prior models, 16" in bad.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# the command with a latent prior
+
+
+def test_command_reconstructs_and_interpolates_with_a_latent_prior(tmp_path, capsys):
+    from diffusers_scorevae.cli import main
+
+    pipe = vq_pipeline(tmp_path)
+    pipe.save_pretrained(tmp_path / "pipeline")
+    paths = []
+    for i, image in enumerate(images()):
+        paths.append(str(tmp_path / f"{i}.png"))
+        PIL.Image.fromarray((image.permute(1, 2, 0).numpy() * 255).astype(np.uint8)).save(paths[-1])
+    common = ["--num-inference-steps", "2", "--device", "cpu"]
+    # --prior: the pipeline's encoder beside an LDMPipeline folder (its vqvae becomes the vae)
+    argv = ["reconstruct", *paths, "--pipeline", str(tmp_path / "pipeline"), "--prior", ldm_folder(tmp_path / "p")]
+    assert main(argv + ["--output-dir", str(tmp_path / "out"), *common]) == 0
+    with PIL.Image.open(tmp_path / "out" / "0_reconstruction.png") as reconstruction:
+        assert reconstruction.size == (PIXEL_SIZE, PIXEL_SIZE)
+    argv = ["interpolate", *paths, "--pipeline", str(tmp_path / "pipeline"), "--num-points", "3"]
+    assert main(argv + ["--output", str(tmp_path / "grid.png"), *common]) == 0
+    capsys.readouterr()
+    fashion_mnist = "/usr/share/datasets/fashion-mnist"
+    if os.path.isdir(fashion_mnist):  # the bound is refused, not computed on latents
+        argv = ["evaluate", "--bits-per-dim", "--pipeline", str(tmp_path / "pipeline"), "--num-images", "2"]
+        assert main(argv + ["--fashion-mnist-dir", fashion_mnist, *common]) == 2
+        assert "continuous latents of its vae" in capsys.readouterr().err
