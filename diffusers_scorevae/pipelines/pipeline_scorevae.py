@@ -759,10 +759,10 @@ def guided_log_snr(log_snr: torch.Tensor, guidance_log_snr_range) -> bool:
 
 
 SUPPORTED_PRIORS = (
-    "an unconditional UNet2DModel (num_class_embeds=None, class_embed_type=None, positional time embedding) that "
-    "predicts epsilon, v or the sample, with a variance-preserving diffusers scheduler that has `alphas_cumprod` "
-    "(DDPM, DDIM, PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, KDPM2, LMS, ...), in pixel space or over the latents of "
-    "a VQModel / AutoencoderKL (`vae=`)"
+    "an unconditional UNet2DModel (num_class_embeds=None, class_embed_type=None, time_embedding_type not "
+    "'fourier') that predicts epsilon, v or the sample, with a variance-preserving diffusers scheduler that has "
+    "`alphas_cumprod` (DDPM, DDIM, PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, KDPM2, LMS, ...), in pixel space or "
+    "over the latents of a VQModel / AutoencoderKL (`vae=`)"
 )
 
 
