@@ -33,7 +33,8 @@ class InterpolationOutput(BaseOutput):
         latent_codes (`torch.Tensor` of shape `(num_points, latent_dim)`):
             The codes z that were decoded.
         latents (`torch.Tensor` of shape `(num_points, num_channels, height, width)`):
-            The initial noise x_T of each point (inverted and slerped, or the one shared draw).
+            The initial noise x_T of each point (inverted and slerped, or the one shared draw), in the UNet's sample
+            shape (the autoencoder's latents for a latent-diffusion prior).
     """
 
     images: torch.Tensor
@@ -120,7 +121,7 @@ def interpolate(
         generators = None
     else:
         codes = pipe.encode(images)
-        noise = randn_tensor((1, *pipe.image_shape), generator=generator, device=images.device, dtype=pipe.unet.dtype)
+        noise = randn_tensor((1, *pipe.latent_shape), generator=generator, device=images.device, dtype=pipe.unet.dtype)
         latents = noise.expand(num_points, *noise.shape[1:]).clone()
         # one seed, one generator per point: stochastic schedulers draw the same per-step noise for every point
         seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())

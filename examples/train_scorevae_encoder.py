@@ -11,6 +11,12 @@ The recipe that uses both: `--objective posterior --teacher T --output_dir A`, t
 
 Only the encoder trains; the prior's UNet is loaded once, frozen, and never wrapped by the optimizer or DDP.
 
+A latent-diffusion prior (an LDMPipeline folder or repo with `vqvae/`, e.g. CompVis/ldm-celebahq-256, or a ScoreVAE
+pipeline with `vae/`): the encoder trains on the autoencoder's latents. Images are read at the autoencoder's pixel
+resolution and encoded through the frozen autoencoder by the pipeline's rule (`diffusers_scorevae.autoencoders`): once,
+before training, into an in-memory cache when the images are deterministic (no `--random_flip`; `--center_crop` or
+`--fashion_mnist_dir`) and the cache fits in `--max_latent_cache_gb`; otherwise every batch is encoded on the fly.
+
     python examples/train_scorevae_encoder.py \
         --pretrained_model_name_or_path google/ddpm-cifar10-32 \
         --dataset_name cifar10 --output_dir scorevae-cifar10 --latent_dim 384
@@ -44,6 +50,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
+from diffusers_scorevae.autoencoders import vae_encode
 from diffusers_scorevae.training import LOSS_WEIGHTINGS, posterior_loss, scorevae_loss
 
 logger = get_logger(__name__, log_level="INFO")
@@ -63,7 +70,8 @@ def parse_args(input_args=None):
         "--pretrained_model_name_or_path",
         type=str,
         required=True,
-        help="Hub id or folder of the prior: a saved DDPMPipeline (or any folder with `unet/` and `scheduler/`).",
+        help="Hub id or folder of the prior: a saved DDPMPipeline (or any folder with `unet/` and `scheduler/`), or a "
+        "latent-diffusion prior (an LDMPipeline with `vqvae/`, or `vae/`): then the encoder trains on its latents.",
     )
     parser.add_argument("--revision", type=str, default=None, help="Revision of the prior on the Hub.")
     # data
@@ -79,7 +87,17 @@ def parse_args(input_args=None):
     parser.add_argument("--image_column", type=str, default=None, help="Image column of a Hub dataset (auto if unset).")
     parser.add_argument("--cache_dir", type=str, default=None)
     parser.add_argument(
-        "--resolution", type=int, default=None, help="Training resolution; defaults to (and must equal) the UNet's."
+        "--resolution",
+        type=int,
+        default=None,
+        help="Training resolution; defaults to (and must equal) the UNet's, or with an autoencoder its pixel resolution.",
+    )
+    parser.add_argument(
+        "--max_latent_cache_gb",
+        type=float,
+        default=4.0,
+        help="With an autoencoder: cache the dataset's latents in memory when they take at most this much (0: never; "
+        "encode every batch on the fly).",
     )
     parser.add_argument("--center_crop", action="store_true", help="Center crop instead of a random crop.")
     parser.add_argument("--random_flip", action="store_true", help="Randomly flip images horizontally.")
@@ -279,6 +297,37 @@ def load_prior(args):
     return hub.load_prior(args.pretrained_model_name_or_path, revision=args.revision)
 
 
+def load_latent_prior(args):
+    """[`load_prior`] plus the prior's autoencoder: `None` for a pixel-space prior, the `VQModel` of an LDMPipeline's
+    `vqvae/` (CompVis/ldm-celebahq-256) or a pipeline's `vae/`."""
+    from diffusers_scorevae import hub
+
+    return hub.load_latent_prior(args.pretrained_model_name_or_path, revision=args.revision)
+
+
+class CachedLatents(torch.utils.data.Dataset):
+    """The training images' autoencoder latents, encoded once (the images are the same every epoch)."""
+
+    def __init__(self, latents: torch.Tensor):
+        self.latents, self.epoch = latents, 0
+
+    def __len__(self):
+        return len(self.latents)
+
+    def __getitem__(self, index):
+        return self.latents[index]
+
+
+@torch.no_grad()
+def encode_dataset(dataset, vae, batch_size: int, device) -> torch.Tensor:
+    """Every image of `dataset` (model space, [-1, 1]) through the frozen autoencoder: float32 latents on the CPU."""
+    latents = []
+    for start in tqdm(range(0, len(dataset), batch_size), desc="Encoding the dataset to latents"):
+        batch = torch.stack([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))])
+        latents.append(vae_encode(vae, batch.to(device)).float().cpu())
+    return torch.cat(latents)
+
+
 def load_clean_encoder(path: str):
     """A saved ScoreVAEEncoder, the encoder of a saved ScoreVAEPipeline, or a saved BetaVAE, in float32 (bundled
     weights may be stored in float16)."""
@@ -338,13 +387,14 @@ def replace_dir(src: str, dst: str):
         shutil.rmtree(trash)
 
 
-def save_pipeline(output_dir: str, encoder: ScoreVAEEncoder, unet, scheduler):
-    """Write a complete ScoreVAEPipeline to `output_dir`: the prior once, then the encoder folder, swapped in whole."""
+def save_pipeline(output_dir: str, encoder: ScoreVAEEncoder, unet, scheduler, vae=None):
+    """Write a complete ScoreVAEPipeline to `output_dir`: the prior (and its autoencoder) once, then the encoder
+    folder, swapped in whole."""
     if not os.path.exists(os.path.join(output_dir, "model_index.json")):
         tmp = os.path.join(output_dir, ".pipeline.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=encoder).save_pretrained(tmp)
-        for name in ("unet", "scheduler", "encoder"):
+        ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=encoder, vae=vae).save_pretrained(tmp)
+        for name in ("unet", "scheduler", "encoder") + (("vae",) if vae is not None else ()):
             replace_dir(os.path.join(tmp, name), os.path.join(output_dir, name))
         os.replace(os.path.join(tmp, "model_index.json"), os.path.join(output_dir, "model_index.json"))
         shutil.rmtree(tmp)
@@ -369,9 +419,10 @@ class GeneratorState:
 
 
 @torch.no_grad()
-def log_validation(args, accelerator, encoder, unet, scheduler, images, global_step):
+def log_validation(args, accelerator, encoder, unet, scheduler, images, global_step, vae=None):
     """Reconstruct a fixed set of training images; log an (original | reconstruction) grid and the mean L2."""
-    pipe = ScoreVAEPipeline(unet=unet, scheduler=diffusers.DDIMScheduler.from_config(scheduler.config), encoder=encoder)
+    scheduler = diffusers.DDIMScheduler.from_config(scheduler.config)
+    pipe = ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=encoder, vae=vae)
     pipe.set_progress_bar_config(disable=True)
     originals = (images.to(accelerator.device) + 1) / 2
     reconstructions = pipe(
@@ -420,12 +471,23 @@ def main(args):
         os.makedirs(args.output_dir, exist_ok=True)
 
     # 2. the frozen prior, loaded once
-    unet, noise_scheduler = load_prior(args)
-    resolution = args.resolution if args.resolution is not None else unet.config.sample_size
-    if not isinstance(unet.config.sample_size, int) or resolution != unet.config.sample_size:
+    unet, noise_scheduler, vae = load_latent_prior(args)
+    if not isinstance(unet.config.sample_size, int):
+        raise ValueError(f"The prior's UNet has sample_size {unet.config.sample_size}; square images are supported.")
+    image_resolution, image_channels = unet.config.sample_size, unet.config.in_channels
+    if vae is not None:  # a latent prior: images at the autoencoder's resolution, encoded to the UNet's latents
+        from diffusers_scorevae.autoencoders import vae_scale_factor
+
+        vae.requires_grad_(False).eval()
+        image_resolution *= vae_scale_factor(vae)
+        image_channels = vae.config.in_channels
+    resolution = args.resolution if args.resolution is not None else image_resolution
+    if resolution != image_resolution:
         raise ValueError(
-            f"--resolution {resolution} does not match the prior's UNet sample_size {unet.config.sample_size}; "
-            "the encoder must see images at the resolution the prior models."
+            f"--resolution {resolution} does not match the resolution the prior models, {image_resolution} (the "
+            f"UNet's sample_size {unet.config.sample_size}"
+            + (f" times the {type(vae).__name__}'s downsampling)" if vae is not None else ")")
+            + "; the encoder must see images at the resolution the prior models."
         )
     weight_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(accelerator.mixed_precision, torch.float32)
     unet.requires_grad_(False)
@@ -453,12 +515,13 @@ def main(args):
             clean_log_snr=args.clean_log_snr,
             prior=record,
         )
-    ScoreVAEPipeline(unet=unet, scheduler=noise_scheduler, encoder=encoder)  # checks channels / sample size
+    # checks channels / sample size (with an autoencoder: the encoder's are the UNet's latents')
+    ScoreVAEPipeline(unet=unet, scheduler=noise_scheduler, encoder=encoder, vae=vae)
     if encoder.dtype != torch.float32:
         raise ValueError(f"The encoder's weights are {encoder.dtype}; train from float32 weights (mixed precision is fine).")
     logger.info(f"encoder: {sum(p.numel() for p in encoder.parameters()) / 1e6:.3f}M parameters")
     if accelerator.is_main_process and not os.path.exists(os.path.join(args.output_dir, "model_index.json")):
-        save_pipeline(args.output_dir, encoder, unet, noise_scheduler)  # the prior in float32, before any cast
+        save_pipeline(args.output_dir, encoder, unet, noise_scheduler, vae)  # the prior in float32, before any cast
     if args.objective == "posterior" and not args.validation_steps:
         # the posterior objective reads only the schedule: once the prior is written, the UNet is not needed again
         accelerator.wait_for_everyone()
@@ -513,8 +576,20 @@ def main(args):
     images = load_images(args)
     if args.max_train_samples is not None:
         images = images[: args.max_train_samples]
-    dataset = ImageDataset(images, encoder.config.in_channels, resolution, args.center_crop, args.seed or 0)
+    dataset = ImageDataset(images, image_channels, resolution, args.center_crop, args.seed or 0)
     validation_images = torch.stack([dataset[i] for i in range(min(args.num_validation_images, len(dataset)))])
+    cached_latents = False
+    if vae is not None:
+        vae.to(accelerator.device)
+        deterministic = not args.random_flip and (args.center_crop or args.fashion_mnist_dir is not None)
+        cache_gb = len(dataset) * encoder.config.in_channels * encoder.config.sample_size**2 * 4 / 2**30
+        if deterministic and 0 < cache_gb <= args.max_latent_cache_gb:
+            dataset = CachedLatents(encode_dataset(dataset, vae, args.train_batch_size, accelerator.device))
+            cached_latents = True
+        how = f"{len(dataset)} images encoded once ({cache_gb:.3f} GB cached)"
+        if not cached_latents:
+            how = "images encoded batch by batch (random flips or crops, or a cache over --max_latent_cache_gb)"
+        logger.info(f"latent prior ({type(vae).__name__}): {how}")
     train_dataloader = torch.utils.data.DataLoader(
         dataset,
         batch_size=args.train_batch_size,
@@ -595,7 +670,7 @@ def main(args):
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.rename(tmp, final)
-            save_pipeline(args.output_dir, final_encoder(), unet, noise_scheduler)
+            save_pipeline(args.output_dir, final_encoder(), unet, noise_scheduler, vae)
         accelerator.wait_for_everyone()
 
     def final_encoder():
@@ -633,6 +708,9 @@ def main(args):
             if args.random_flip:
                 flip = torch.rand(clean_images.shape[0], generator=generator, device=generator.device) < 0.5
                 clean_images = torch.where(flip.to(clean_images.device)[:, None, None, None], clean_images.flip(-1), clean_images)
+            if vae is not None and not cached_latents:  # pixels -> the UNet's latents, through the frozen autoencoder
+                with torch.no_grad():
+                    clean_images = vae_encode(vae, clean_images).float()
             beta = args.beta * min(1.0, global_step / args.beta_warmup_steps) if args.beta_warmup_steps else args.beta
             with accelerator.accumulate(encoder):
                 if args.objective == "score":
@@ -705,6 +783,7 @@ def main(args):
                         noise_scheduler,
                         validation_images,
                         global_step,
+                        vae,
                     )
                 if global_step >= max_train_steps or out_of_time:
                     break
@@ -712,7 +791,7 @@ def main(args):
     # 10. final pipeline (the EMA encoder when --use_ema)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        save_pipeline(args.output_dir, final_encoder(), unet and unet.to(torch.float32), noise_scheduler)
+        save_pipeline(args.output_dir, final_encoder(), unet and unet.to(torch.float32), noise_scheduler, vae)
         if args.push_to_hub:
             from diffusers_scorevae.hub import push_pipeline_to_hub
 

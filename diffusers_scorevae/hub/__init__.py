@@ -36,7 +36,16 @@ diffusers resolves pipelines from repo ids in ways that break a third-party pack
    read the remote card and writes a generic one. Ours write [`create_model_card`]'s card and upload safetensors only.
 """
 
-from .download import PICKLE_HINT, download_pipeline, list_folder_files, load_prior, select_pipeline_files
+from .download import (
+    AUTOENCODER_COMPONENTS,
+    PICKLE_HINT,
+    download_pipeline,
+    list_folder_files,
+    load_autoencoder_component,
+    load_latent_prior,
+    load_prior,
+    select_pipeline_files,
+)
 from .mixins import ScoreVAEHubMixin, ScoreVAEPipelineHubMixin
 from .model_card import (
     CARD_TAGS,
@@ -50,6 +59,7 @@ from .model_card import (
 from .upload import push_pipeline_to_hub, upload_with_model_card
 
 __all__ = [
+    "AUTOENCODER_COMPONENTS",
     "CARD_TAGS",
     "PAPER_URL",
     "PICKLE_HINT",
@@ -60,6 +70,8 @@ __all__ = [
     "download_pipeline",
     "is_hub_repo_id",
     "list_folder_files",
+    "load_autoencoder_component",
+    "load_latent_prior",
     "load_prior",
     "push_pipeline_to_hub",
     "select_pipeline_files",

@@ -53,6 +53,7 @@ def select_pipeline_files(
     variant: str | None = None,
     use_safetensors: bool | None = None,
     name: str = "the repository",
+    optional_components=(),
 ) -> list[str]:
     """
     The files of a pipeline repo (or folder) that loading it needs, from the list of all its files.
@@ -72,6 +73,9 @@ def select_pipeline_files(
             passed, and only their files are selected. Defaults to every component `model_index` names.
         passed_components (`Iterable[str]`, *optional*):
             Components given to `from_pretrained` as objects: their files are not needed.
+        optional_components (`Iterable[str]`, *optional*):
+            Components selected too where `model_index` names them, and not required (a latent prior's `vae`, or the
+            `vqvae` of an `LDMPipeline`).
         variant (`str`, *optional*):
             Weights variant (`"fp16"`): `diffusion_pytorch_model.fp16.safetensors` where a component has it, the plain
             weights elsewhere; at least one component must have it.
@@ -99,7 +103,8 @@ def select_pipeline_files(
         )
 
     selected, weights = {"model_index.json"}, {}
-    for component in sorted(set(required_components or components) - set(passed_components)):
+    wanted = set(required_components or components) | (set(optional_components) & set(components))
+    for component in sorted(wanted - set(passed_components)):
         folder = component if any(f.startswith(component + "/") for f in files) else ""  # "": the flat layout
         found = {}
         if folder or not components[component][1].endswith("Scheduler"):  # at the root, the weights are the model's
@@ -152,6 +157,7 @@ def download_pipeline(
     revision: str | None = None,
     variant: str | None = None,
     use_safetensors: bool | None = None,
+    optional_components=(),
 ) -> str:
     """
     Download what loading a pipeline from Hub repo `repo_id` needs, and return the local snapshot folder.
@@ -184,6 +190,7 @@ def download_pipeline(
         variant=variant,
         use_safetensors=use_safetensors,
         name=repo_id,
+        optional_components=optional_components,
     )
     return snapshot_download(
         repo_id, revision=commit, allow_patterns=allow_patterns, force_download=force_download, **download_kwargs
@@ -210,11 +217,34 @@ def list_folder_files(folder: str | os.PathLike) -> list[str]:
     return [p.relative_to(folder).as_posix() for p in Path(folder).rglob("*") if p.is_file()]
 
 
+# the autoencoder of a latent-diffusion prior: `vae` (ScoreVAE pipelines, Stable-Diffusion-style layouts) or `vqvae`
+# (LDMPipeline, e.g. CompVis/ldm-celebahq-256)
+AUTOENCODER_COMPONENTS = ("vae", "vqvae")
+_AUTOENCODER_CLASSES = ("VQModel", "AutoencoderKL")
+_HUB_KEYS = ("revision", "cache_dir", "force_download", "local_files_only", "token")
+
+
+def _prior_folder(pretrained_model_name_or_path, kwargs) -> str:
+    hub_kwargs = {key: kwargs.pop(key) for key in _HUB_KEYS if key in kwargs}
+    folder = str(pretrained_model_name_or_path)
+    if not os.path.isdir(folder):
+        folder = download_pipeline(
+            folder,
+            required_components=("unet", "scheduler"),
+            optional_components=AUTOENCODER_COMPONENTS,
+            variant=kwargs.get("variant"),
+            use_safetensors=kwargs.get("use_safetensors"),
+            **hub_kwargs,
+        )
+    return folder
+
+
 def load_prior(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
     r"""
     Load the prior of a pipeline: its `unet` and its `scheduler` (of the class it was saved with), from a Hub repo id
     or a folder, in either layout: `unet/` + `scheduler/` folders (`DDPMPipeline.save_pretrained`, or a ScoreVAE
-    pipeline, whose encoder is not loaded), or everything at the root (`google/ddpm-cifar10-32`, ...).
+    pipeline, whose encoder is not loaded), or everything at the root (`google/ddpm-cifar10-32`, ...). For a
+    latent-diffusion prior (an `LDMPipeline`'s `vqvae/`, or a `vae/`) see [`load_latent_prior`].
 
     Args:
         pretrained_model_name_or_path (`str` or `os.PathLike`):
@@ -226,21 +256,55 @@ def load_prior(pretrained_model_name_or_path: str | os.PathLike, **kwargs):
     Returns:
         `Tuple[UNet2DModel, SchedulerMixin]`: the UNet (in eval mode) and the scheduler.
     """
-    hub_keys = ("revision", "cache_dir", "force_download", "local_files_only", "token")
-    hub_kwargs = {key: kwargs.pop(key) for key in hub_keys if key in kwargs}
-    folder = str(pretrained_model_name_or_path)
-    if not os.path.isdir(folder):
-        folder = download_pipeline(
-            folder,
-            required_components=("unet", "scheduler"),
-            variant=kwargs.get("variant"),
-            use_safetensors=kwargs.get("use_safetensors"),
-            **hub_kwargs,
-        )
+    unet, scheduler, _ = load_latent_prior(pretrained_model_name_or_path, load_autoencoder=False, **kwargs)
+    return unet, scheduler
+
+
+def load_latent_prior(pretrained_model_name_or_path: str | os.PathLike, load_autoencoder: bool = True, **kwargs):
+    r"""
+    [`load_prior`] plus the prior's autoencoder: the `VQModel` / `AutoencoderKL` in the folder's `vae/` or `vqvae/`
+    (LDMPipeline, e.g. CompVis/ldm-celebahq-256), or `None` for a pixel-space prior. Same arguments.
+
+    Returns:
+        `Tuple[UNet2DModel, SchedulerMixin, Optional[ModelMixin]]`: the UNet, the scheduler and the autoencoder.
+    """
+    folder = _prior_folder(pretrained_model_name_or_path, kwargs)
 
     def subfolder(name):  # None: the flat layout
         return name if os.path.isdir(os.path.join(folder, name)) else None
 
     unet = UNet2DModel.from_pretrained(folder, subfolder=subfolder("unet"), **kwargs)
     config = diffusers.DDPMScheduler.load_config(folder, subfolder=subfolder("scheduler"))
-    return unet, getattr(diffusers, config["_class_name"]).from_config(config)
+    scheduler = getattr(diffusers, config["_class_name"]).from_config(config)
+    vae = None
+    if load_autoencoder:
+        for name in AUTOENCODER_COMPONENTS:
+            if subfolder(name) is not None:
+                vae = load_autoencoder_component(folder, name, **kwargs)
+                break
+    return unet, scheduler, vae
+
+
+def load_autoencoder_component(folder: str, name: str, model_index: dict | None = None, **kwargs):
+    """The `VQModel` / `AutoencoderKL` in `folder/name`, of the class `model_index` (else its config) names; `kwargs`:
+    `variant` (used where the folder has it), `use_safetensors`, `torch_dtype` (a dtype, or a dict per component)."""
+    if model_index is not None and name in model_index:
+        library, class_name = model_index[name][:2]
+    else:
+        library = "diffusers"
+        class_name = diffusers.VQModel.load_config(folder, subfolder=name).get("_class_name")
+    if library != "diffusers" or class_name not in _AUTOENCODER_CLASSES:
+        raise ValueError(
+            f"{folder}: the autoencoder `{name}` is {library}.{class_name}; expected diffusers' "
+            f"{' or '.join(_AUTOENCODER_CLASSES)}."
+        )
+    variant = kwargs.get("variant")
+    if variant is not None and not any(f".{variant}." in f for f in os.listdir(os.path.join(folder, name))):
+        variant = None  # as diffusers: the plain weights for a component without the variant
+    torch_dtype = kwargs.get("torch_dtype")
+    if isinstance(torch_dtype, dict):
+        torch_dtype = torch_dtype.get("vae", torch_dtype.get(name, torch_dtype.get("default")))
+    load_kwargs = {"variant": variant, "use_safetensors": kwargs.get("use_safetensors")}
+    if torch_dtype is not None:
+        load_kwargs["torch_dtype"] = torch_dtype
+    return getattr(diffusers, class_name).from_pretrained(folder, subfolder=name, **load_kwargs).eval()

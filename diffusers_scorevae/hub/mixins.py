@@ -8,7 +8,7 @@ import json
 import os
 import tempfile
 
-from .download import download_pipeline, list_folder_files, select_pipeline_files
+from .download import download_pipeline, list_folder_files, load_autoencoder_component, select_pipeline_files
 from .upload import check_safe_serialization, upload_with_model_card
 
 _CARD_KEYS = ("metrics", "training", "datasets", "license")
@@ -121,7 +121,23 @@ class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
     [`ScoreVAEHubMixin`] plus pipeline loading by repo id: [`~ScoreVAEPipelineHubMixin.download`] replaces diffusers'
     (which refuses a component from outside diffusers and transformers), and a local folder is checked the same way
     before loading, so that a missing component or weights file is an error that says what to pass.
+
+    An `LDMPipeline` layout (`unet/`, `vqvae/`, `scheduler/`, as CompVis/ldm-celebahq-256) loads its `vqvae` as the
+    pipeline's `vae` (`_component_aliases`).
     """
+
+    # components that a repo may name differently: {name in the repo: name in the pipeline}
+    _component_aliases = {"vqvae": "vae"}
+
+    @classmethod
+    def _component_names(cls, kwargs) -> tuple[list[str], list[str], list[str]]:
+        """(required, optional, passed) component names for loading, the aliases included among the optional."""
+        expected, _ = cls._get_signature_keys(cls)
+        optional = list(getattr(cls, "_optional_components", []))
+        passed = [k for k in expected if k in kwargs]
+        passed += [alias for alias, target in cls._component_aliases.items() if target in kwargs]
+        optional += [alias for alias, target in cls._component_aliases.items() if target in optional]
+        return [k for k in expected if k not in optional], optional, passed
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
@@ -150,21 +166,36 @@ class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
                 f"custom_pipeline={kwargs['custom_pipeline']!r} is not supported: {cls.__name__}.from_pretrained "
                 "always loads a ScoreVAE pipeline."
             )
-        index_path = os.path.join(pretrained_model_name_or_path, "model_index.json")
-        if os.path.isfile(index_path):  # a local folder; a repo id goes through `download`, which checks the same
+        folder = str(pretrained_model_name_or_path)
+        repo_id = None
+        if not os.path.isdir(folder):  # a repo id: fetch what loading needs (`download`), then load the snapshot
+            repo_id, folder = folder, cls.download(folder, **kwargs)
+        index_path = os.path.join(folder, "model_index.json")
+        model_index = {}
+        if os.path.isfile(index_path):
             with open(index_path, encoding="utf-8") as f:
                 model_index = json.load(f)
-            expected, _ = cls._get_signature_keys(cls)
+            required, optional, passed = cls._component_names(kwargs)
             select_pipeline_files(
-                list_folder_files(pretrained_model_name_or_path),
+                list_folder_files(folder),
                 model_index,
-                required_components=expected,
-                passed_components=[k for k in expected if k in kwargs],
+                required_components=required,
+                passed_components=passed,
                 variant=kwargs.get("variant"),
                 use_safetensors=kwargs.get("use_safetensors"),
-                name=str(pretrained_model_name_or_path),
+                name=repo_id or folder,
+                optional_components=optional,
             )
-        return super().from_pretrained(pretrained_model_name_or_path, **kwargs)
+        # a component the repo names differently (LDMPipeline's `vqvae`): load it here, pass it as the pipeline's
+        for alias, target in cls._component_aliases.items():
+            entry, own = model_index.get(alias), model_index.get(target)
+            has = lambda e: isinstance(e, (list, tuple)) and e and e[0] is not None  # noqa: E731
+            if has(entry) and not has(own) and target not in kwargs:
+                kwargs[target] = load_autoencoder_component(folder, alias, model_index=model_index, **kwargs)
+        pipe = super().from_pretrained(folder, **kwargs)
+        if repo_id is not None:  # as diffusers records it for a repo id
+            pipe.register_to_config(_name_or_path=repo_id)
+        return pipe
 
     @classmethod
     def download(cls, pretrained_model_name, **kwargs) -> str:
@@ -173,11 +204,12 @@ class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
         `model_index.json`, the configs, and the weights (see [`select_pipeline_files`]) of the components not passed
         as objects. Called by `from_pretrained` for repo ids; see [`download_pipeline`].
         """
-        expected, _ = cls._get_signature_keys(cls)
+        required, optional, passed = cls._component_names(kwargs)
         return download_pipeline(
             pretrained_model_name,
-            required_components=expected,
-            passed_components=[k for k in expected if k in kwargs],
+            required_components=required,
+            passed_components=passed,
+            optional_components=optional,
             cache_dir=kwargs.get("cache_dir"),
             force_download=kwargs.get("force_download", False),
             local_files_only=kwargs.get("local_files_only"),

@@ -59,12 +59,18 @@ def create_model_card(
         [`huggingface_hub.ModelCard`]: save it with `.save(path)`; `str(card)` is the README text.
     """
     # a pipeline's card lists how its prior differs from the one its encoder was trained against
+    vae_config = None  # a latent-diffusion prior's autoencoder: the pipeline's images are its pixels
     if isinstance(model, (str, os.PathLike)):
         encoder_config, unet_config, scheduler_config = _saved_pipeline_configs(model)
         prior_notes = _describe_prior_compatibility(encoder_config.get("prior"), unet_config, scheduler_config)
+        vae_path = os.path.join(model, "vae", "config.json")
+        if os.path.isfile(vae_path):
+            with open(vae_path, encoding="utf-8") as f:
+                vae_config = json.load(f)
     elif hasattr(model, "encoder"):
         encoder_config = model.encoder.config
         prior_notes = describe_prior_compatibility(model.encoder, model.unet, model.scheduler)
+        vae_config = model.vae.config if getattr(model, "vae", None) is not None else None
     else:
         encoder_config, prior_notes = model.config, None
     is_pipeline = prior_notes is not None
@@ -81,6 +87,10 @@ def create_model_card(
     )
 
     size, channels, latent_dim = (encoder_config[key] for key in ("sample_size", "in_channels", "latent_dim"))
+    through = ""
+    if vae_config is not None and isinstance(size, int):  # images at the autoencoder's resolution
+        size, channels = size * 2 ** (len(vae_config["block_out_channels"]) - 1), vae_config["in_channels"]
+        through = f" (through the frozen autoencoder `vae/`, a {vae_config.get('_class_name', 'VQModel')})"
     size = size if isinstance(size, int) else "x".join(map(str, size))
     prior_text = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else "an unconditional prior"
     if is_pipeline:
@@ -88,7 +98,7 @@ def create_model_card(
         what = (
             f"A [ScoreVAE]({PAPER_URL}) (Batzolis et al., 2023): a variational autoencoder whose decoder is the "
             f"frozen, pretrained, unconditional diffusion model {prior_text}. The encoder `encoder/` maps a "
-            f"{channels}-channel {size}x{size} image to a {latent_dim}-dimensional latent code; "
+            f"{channels}-channel {size}x{size} image{through} to a {latent_dim}-dimensional latent code; "
             "decoding samples the prior (`unet/`, `scheduler/`) with the encoder's score added at every step "
             "(Bayes' rule for scores), so reconstructions are sharp samples of the prior that keep the code's content."
         )

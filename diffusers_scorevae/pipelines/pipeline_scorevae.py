@@ -17,6 +17,14 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput, logging, replace_example_docstring
 from diffusers.utils.torch_utils import randn_tensor
 
+from ..autoencoders import (
+    check_autoencoder,
+    check_autoencoder_matches_unet,
+    resolve_vqmodel_scaling,
+    vae_decode,
+    vae_encode,
+    vae_scale_factor,
+)
 from ..hub.mixins import ScoreVAEPipelineHubMixin
 from ..inversion import (
     DiffusionBound,
@@ -118,16 +126,29 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             DPM-Solver (multistep/singlestep), UniPC, DEIS, Euler, Euler ancestral, Heun, KDPM2, LMS, ...
         encoder ([`ScoreVAEEncoder`]):
             The ScoreVAE encoder q_φ(z | x_t, λ), trained against a prior over the same data (not necessarily this one).
+            With a `vae`, it works on the UNet's latents (its `sample_size` / `in_channels` are the UNet's).
+        vae ([`VQModel`] or [`AutoencoderKL`], *optional*):
+            For a latent-diffusion prior (e.g. CompVis/ldm-celebahq-256, a `UNet2DModel` over the latents of a
+            `VQModel`): images are encoded to the UNet's latents with it and decoded from them
+            ([`~diffusers_scorevae.autoencoders.latent_scaling`] gives the scaling rule). Frozen. `None` (default): the
+            UNet models pixels.
     """
 
-    model_cpu_offload_seq = "encoder->unet"
+    model_cpu_offload_seq = "vae->encoder->unet"
+    _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "latent_codes"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, encoder: ScoreVAEEncoder):
+    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, encoder: ScoreVAEEncoder, vae=None):
         super().__init__()
+        check_prior(unet, scheduler)
         check_encoder_matches_unet(encoder, unet)
+        check_autoencoder(vae)
+        check_autoencoder_matches_unet(vae, unet)
         unet.requires_grad_(False)
-        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
+        if vae is not None:
+            vae.requires_grad_(False)
+            resolve_vqmodel_scaling(vae)
+        self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder, vae=vae)
 
     @property
     def guidance_scale(self) -> float:
@@ -146,14 +167,34 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         return self._interrupt
 
     @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(channels, height, width) of the images the UNet models."""
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the samples the UNet models (the autoencoder's latents with a `vae`)."""
         size = self.unet.config.sample_size
         height, width = (size, size) if isinstance(size, int) else tuple(size)
         return (self.unet.config.in_channels, height, width)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of the images the pipeline reads and writes: the UNet's samples, or with a `vae`
+        its pixel images (`sample_size` × 2^(blocks − 1), the autoencoder's `in_channels`)."""
+        channels, height, width = self.latent_shape
+        vae = getattr(self, "vae", None)
+        if vae is None:
+            return (channels, height, width)
+        factor = vae_scale_factor(vae)
+        return (vae.config.in_channels, height * factor, width * factor)
+
+    def prepare_image_latents(self, image) -> torch.Tensor:
+        """x_0 in the UNet's space for `image`: [`~ScoreVAEPipeline.preprocess`], then with a `vae` its encoding
+        (the UNet's latents, [`~diffusers_scorevae.autoencoders.vae_encode`]); float32 on the execution device."""
+        sample = self.preprocess(image)
+        if getattr(self, "vae", None) is None:
+            return sample
+        return vae_encode(self.vae, sample).float().to(sample.device)
+
     def preprocess(self, image) -> torch.Tensor:
-        """Turn `image` into a float tensor `(batch_size, C, H, W)` in model space [-1, 1] on the execution device.
+        """Turn `image` into a float tensor `(batch_size, C, H, W)` in model space [-1, 1] on the execution device
+        (with a `vae`: pixel images at its resolution, before the autoencoder).
 
         Accepts a PIL image (any mode; converted to the UNet's channel count) or a list of them, a numpy array
         `(H, W, C)` / `(B, H, W, C)` (float in [0, 1], or uint8 in [0, 255]), a tensor `(C, H, W)` / `(B, C, H, W)` in
@@ -214,7 +255,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         generator: torch.Generator | list[torch.Generator] | None = None,
     ) -> torch.Tensor:
         r"""
-        Encode images to latent codes with q_φ(z | x_0) at the encoder's clean noise level (`clean_log_snr`).
+        Encode images to latent codes with q_φ(z | x_0) at the encoder's clean noise level (`clean_log_snr`); with a
+        `vae`, x_0 is the images' autoencoder latents.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
@@ -227,7 +269,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         Returns:
             `torch.Tensor`: latent codes of shape `(batch_size, latent_dim)`.
         """
-        sample = self.preprocess(image).to(self.encoder.dtype)
+        sample = self.prepare_image_latents(image).to(self.encoder.dtype)
         posterior = self.encoder(sample, self.encoder.config.clean_log_snr)
         if not sample_posterior:
             return posterior.mean
@@ -297,6 +339,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; choose one of {OUTPUT_TYPES}.")
         check_log_snr_range(guidance_log_snr_range)
+        check_prior(self.unet, self.scheduler)  # components can be swapped after construction
+        check_autoencoder(getattr(self, "vae", None))
+        check_autoencoder_matches_unet(getattr(self, "vae", None), self.unet)
         if callback_on_step_end_tensor_inputs is not None and not all(
             k in self._callback_tensor_inputs for k in callback_on_step_end_tensor_inputs
         ):
@@ -315,7 +360,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
 
     def prepare_latents(self, batch_size, dtype, device, generator, latents=None) -> torch.Tensor:
         """The initial noise x_T ~ N(0, I) (or `latents`), scaled by the scheduler's `init_noise_sigma`."""
-        shape = (batch_size, *self.image_shape)
+        shape = (batch_size, *self.latent_shape)
         if latents is None:
             latents = randn_tensor(shape, generator=generator, device=device, dtype=dtype)
         else:
@@ -339,8 +384,12 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         return guided_model_output(model_output, model_input, score, log_snr, self.guidance_scale, prediction_type)
 
     def postprocess(self, sample: torch.Tensor, output_type: str):
+        """The final sample as `output_type`: `"latent"` returns it as is; otherwise it is decoded by the `vae` (if
+        any) and mapped from [-1, 1] to images in [0, 1]."""
         if output_type == "latent":
             return sample
+        if getattr(self, "vae", None) is not None:
+            sample = vae_decode(self.vae, sample)
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type == "pt":
             return image
@@ -372,7 +421,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them, *optional*):
                 Images in [0, 1] to reconstruct: encoded to the mean code, then decoded. PIL images of any mode are
-                converted to the UNet's channel count; sizes must match the UNet's `sample_size`.
+                converted to the UNet's channel count; sizes must match the UNet's `sample_size` (with a `vae`: its
+                pixel resolution and channels, [`~ScoreVAEPipeline.image_shape`]).
             latent_codes (`torch.Tensor` of shape `(batch_size, latent_dim)` or a list of tensors, *optional*):
                 Codes to decode. A list of `(1, latent_dim)` or `(latent_dim,)` tensors is concatenated.
             batch_size (`int`, *optional*, defaults to 1):
@@ -395,9 +445,11 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 Makes decoding deterministic; a list means one generator per image. It draws the initial noise, then
                 the codes when none are given, and is passed on to `scheduler.step`.
             latents (`torch.Tensor` of shape `(batch_size, C, H, W)`, *optional*):
-                Initial noise x_T ~ N(0, I) (scaled by `scheduler.init_noise_sigma` inside, as diffusers does).
+                Initial noise x_T ~ N(0, I) in the UNet's sample shape ([`~ScoreVAEPipeline.latent_shape`]; scaled by
+                `scheduler.init_noise_sigma` inside, as diffusers does).
             output_type (`str`, *optional*, defaults to `"pil"`):
-                `"pil"`, `"np"`, `"pt"` (images in [0, 1]) or `"latent"` (the final sample in model space).
+                `"pil"`, `"np"`, `"pt"` (images in [0, 1], decoded by the `vae` if there is one) or `"latent"` (the
+                final sample in the UNet's space, not decoded).
             return_dict (`bool`, *optional*, defaults to `True`):
                 Whether to return a [`ScoreVAEPipelineOutput`] instead of a tuple `(images, latent_codes)`.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*):
@@ -546,7 +598,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             )
 
         # 2. encode the images, or take the given codes
-        sample = self.preprocess(image)  # float32: the inversion's arithmetic stays in full precision
+        sample = self.prepare_image_latents(image)  # float32: the inversion's arithmetic stays in full precision
         latent_codes = self.encode(image) if latent_codes is None else self.prepare_latent_codes(latent_codes)
         if latent_codes.shape[0] != sample.shape[0]:
             raise ValueError(
@@ -595,6 +647,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
 
         The estimate is stochastic (one x_t per step and image, `num_latent_samples` codes z ~ q_φ(z | x)) and unbiased
         for the bound; the KL term is exact.
+
+        With a `vae` (a latent-diffusion prior) this raises a `ValueError`: the prior then models continuous
+        autoencoder latents, and no bound on the images' 8-bit likelihood follows from it.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
@@ -651,6 +706,13 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         return nats_to_bits_per_dim(nats, math.prod(self.image_shape))
 
     def _check_bound_inputs(self, image, generator, batch_size, num_sampled_timesteps) -> torch.Tensor:
+        if getattr(self, "vae", None) is not None:
+            raise ValueError(
+                f"bits_per_dim / prior_bits_per_dim bound the likelihood of 8-bit pixel data (a discretised decoder "
+                f"on the pixel bins), but this pipeline's prior models the continuous latents of its vae "
+                f"({type(self.vae).__name__}): there the bound would be a density of latents, not a likelihood of the "
+                f"images, and it is not computed. Use a pixel-space pipeline (vae=None)."
+            )
         check_encoder_matches_unet(self.encoder, self.unet)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be one torch.Generator or None, got {type(generator).__name__}.")
@@ -710,6 +772,44 @@ def guided_log_snr(log_snr: torch.Tensor, guidance_log_snr_range) -> bool:
         return True
     low, high = guidance_log_snr_range
     return bool(low <= log_snr.item() <= high)
+
+
+SUPPORTED_PRIORS = (
+    "an unconditional UNet2DModel (num_class_embeds=None, class_embed_type=None, time_embedding_type not "
+    "'fourier') that predicts epsilon, v or the sample, with a variance-preserving diffusers scheduler that has "
+    "`alphas_cumprod` (DDPM, DDIM, PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, KDPM2, LMS, ...), in pixel space or "
+    "over the latents of a VQModel / AutoencoderKL (`vae=`)"
+)
+
+
+def check_prior(unet: UNet2DModel, scheduler: SchedulerMixin):
+    """Raise a `ValueError` for a prior the pipeline cannot decode with: a class-conditional UNet
+    (`num_class_embeds` / `class_embed_type`), a variance-exploding score model (`time_embedding_type="fourier"`, as
+    google/ncsnpp-*, whose UNet outputs the score), or a scheduler without a variance-preserving training schedule
+    (`ScoreSdeVeScheduler`, ...)."""
+    if unet is None or scheduler is None:
+        raise ValueError("ScoreVAEPipeline needs both a `unet` and a `scheduler`; got None.")
+    config = unet.config
+    num_class_embeds = getattr(config, "num_class_embeds", None)
+    class_embed_type = getattr(config, "class_embed_type", None)
+    if num_class_embeds is not None or class_embed_type is not None:
+        raise ValueError(
+            f"unet is class-conditional (num_class_embeds={num_class_embeds!r}, class_embed_type={class_embed_type!r})"
+            f"; ScoreVAE decodes with an unconditional prior. Supported: {SUPPORTED_PRIORS}."
+        )
+    time_embedding_type = getattr(config, "time_embedding_type", "positional")
+    if time_embedding_type == "fourier":
+        raise ValueError(
+            "unet has time_embedding_type='fourier': a variance-exploding score model (as google/ncsnpp-*, whose "
+            "UNet2DModel divides its output by the noise level sigma and returns the score, not a noise prediction), "
+            f"which this pipeline does not support. Supported: {SUPPORTED_PRIORS}."
+        )
+    if getattr(scheduler, "alphas_cumprod", None) is None:
+        raise ValueError(
+            f"scheduler is a {type(scheduler).__name__}, which has no variance-preserving training schedule "
+            f"(`alphas_cumprod`); variance-exploding (ScoreSdeVeScheduler) and continuous-time score-SDE schedulers "
+            f"are not supported. Supported: {SUPPORTED_PRIORS}."
+        )
 
 
 def check_encoder_matches_unet(encoder: ScoreVAEEncoder, unet: UNet2DModel):
