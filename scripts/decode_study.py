@@ -10,6 +10,8 @@ Variants (each a `name:steps:gamma[:param]` string):
   gsched:STEPS:GAMMA_HI:GAMMA_LO      γ interpolated linearly in log-SNR from GAMMA_HI at the first step to GAMMA_LO
                                       at the last (a noise-level-dependent guidance scale)
   range:STEPS:GAMMA:LOW/HIGH          guidance only where λ_t ∈ [LOW, HIGH] (the pipeline's guidance_log_snr_range)
+  every:STEPS:GAMMA:K                 the encoder's score ∇ log q(z | x_t) computed at every K-th step only and reused
+                                      (with the current γ σ_t) at the K − 1 steps after it: 1/K of the encoder's cost
 
     OMP_NUM_THREADS=1 python scripts/decode_study.py --num_images 100 --variants ddpm:50:2 pc:25:2:0.1 \
         --output runs/sweep/study.json
@@ -82,6 +84,31 @@ class GuidanceSchedule:
         return callback_kwargs
 
 
+class ReusedScore:
+    """Patches `pipe.guide` so that the encoder runs at every `k`-th guided call only; the other calls reuse its last
+    score ∇ log q(z | x_t, λ_t) with their own σ_t and γ. `restore()` undoes the patch."""
+
+    def __init__(self, pipe, k: int):
+        from diffusers_scorevae.noise import encoder_score, guided_model_output
+
+        self.pipe, self.k, self.calls, self.score = pipe, k, 0, None
+        original = pipe.guide
+
+        def guide(model_output, model_input, timestep, latent_codes):
+            log_snr = scheduler_log_snr(pipe.scheduler, timestep)
+            if timestep == pipe.scheduler.timesteps[0]:  # a new decode starts: never reuse the last decode's score
+                self.calls = 0
+            if self.calls % self.k == 0 or self.score is None or self.score.shape != model_input.shape:
+                self.score = encoder_score(pipe.encoder, model_input, log_snr.float(), latent_codes)
+            self.calls += 1
+            return guided_model_output(
+                model_output, model_input, self.score, log_snr, pipe.guidance_scale, pipe.scheduler.config.prediction_type
+            )
+
+        pipe.guide = guide
+        self.restore = lambda: setattr(pipe, "guide", original)
+
+
 def variant_kwargs(variant: str):
     kind, steps, *rest = variant.split(":")
     steps = int(steps)
@@ -99,7 +126,9 @@ def variant_kwargs(variant: str):
     if kind == "range":
         low, high = (float(v) for v in rest[1].split("/"))
         return steps, float(rest[0]), {"guidance_log_snr_range": (low, high)}
-    raise ValueError(f"variant {variant!r}: kind {kind!r} is not one of ddpm, pc, gsched, range.")
+    if kind == "every":
+        return steps, float(rest[0]), {"reuse_every": int(rest[1])}
+    raise ValueError(f"variant {variant!r}: kind {kind!r} is not one of ddpm, pc, gsched, range, every.")
 
 
 def main():
@@ -127,12 +156,15 @@ def main():
     for variant in args.variants:
         steps, gamma, kwargs = variant_kwargs(variant)
         range_ = kwargs.pop("guidance_log_snr_range", None)
+        reuse = ReusedScore(pipe, kwargs.pop("reuse_every")) if "reuse_every" in kwargs else None
         calls.clear()
         start = time.time()
         decodes = scorevae_decode_samples(
             pipe, originals, args.batch_size, steps, gamma, seed=args.seed, progress=False,
             guidance_log_snr_range=range_, pipeline_kwargs=kwargs,
         )
+        if reuse is not None:
+            reuse.restore()
         entry = reconstruction_metrics(originals, decodes[0], classifier, fd=len(originals) > 1)
         entry["seconds"] = time.time() - start
         entry["model_evals"] = sum(calls) / len(originals)
