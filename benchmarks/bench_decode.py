@@ -20,14 +20,17 @@ Memory:
     process) is reported beside them and is less disturbed by other processes.
 
 `--pipeline NAME|PATH|ID` measures a trained ScoreVAEPipeline instead (e.g. the bundled `fashion-mnist`, issue 5):
-its own UNet, encoder and scheduler, ScoreVAE decoding at the command's default guidance scale
-(`diffusers_scorevae.cli.DEFAULT_GUIDANCE`; the cost does not depend on the scale) against unconditional sampling
-with its own prior.
+its own UNet and encoder, ScoreVAE decoding at the command's default guidance scale (`cli.DEFAULT_GUIDANCE`; the cost
+does not depend on the scale) against unconditional sampling with its own prior.
 
-Targets (issues 3 and 5): time ratio <= 1.3, memory ratio <= 1.5.
+Both default to the command's recommended decode (`diffusers_scorevae.cli`): `DEFAULT_SCHEDULER` (DDPM) with
+`DEFAULT_STEPS` steps and the encoder term only inside `DEFAULT_GUIDANCE_LOG_SNR_RANGE` (the encoder does not run at
+the other steps); `--scheduler ddim`, `--num_inference_steps N` and `--every_step` (guide every step) measure others.
+
+Targets (issues 3, 5 and 13): time ratio <= 1.3, memory ratio <= 1.5.
 
     python benchmarks/bench_decode.py --batch_size 4 --num_inference_steps 10 --device cpu --repeats 3
-    python benchmarks/bench_decode.py --pipeline fashion-mnist --batch_size 64 --num_inference_steps 250
+    python benchmarks/bench_decode.py --pipeline fashion-mnist --batch_size 64
 """
 
 from __future__ import annotations
@@ -42,10 +45,19 @@ import sys
 import time
 
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
-from diffusers_scorevae.cli import DEFAULT_GUIDANCE
+from diffusers_scorevae.cli import (
+    DEFAULT_GUIDANCE,
+    DEFAULT_GUIDANCE_LOG_SNR_RANGE,
+    DEFAULT_SCHEDULER,
+    DEFAULT_STEPS,
+)
+from diffusers_scorevae.noise import scheduler_log_snr
+from diffusers_scorevae.pipelines.pipeline_scorevae import guided_log_snr
+
+SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
 
 MODES = ("scorevae", "unconditional")
 
@@ -53,7 +65,11 @@ MODES = ("scorevae", "unconditional")
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--num_inference_steps", type=int, default=50)
+    parser.add_argument("--num_inference_steps", type=int, default=DEFAULT_STEPS)
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=DEFAULT_SCHEDULER)
+    parser.add_argument(
+        "--every_step", action="store_true", help="Guide every step (default: the command's guidance_log_snr_range)."
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent_dim", type=int, default=384)
@@ -88,13 +104,13 @@ def build_pipeline(args) -> ScoreVAEPipeline:
         from diffusers_scorevae.cli import resolve
 
         pipe = ScoreVAEPipeline.from_pretrained(resolve(args.pipeline)).to(args.device)
-        pipe.set_progress_bar_config(disable=True)
-        return pipe
-    torch.manual_seed(args.seed)
-    unet = cifar10_unet()
-    encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
-    torch.nn.init.normal_(encoder.proj_out.weight, std=1e-3)  # a non-zero score, as a trained encoder has
-    pipe = ScoreVAEPipeline(unet=unet, scheduler=DDIMScheduler(), encoder=encoder).to(args.device)
+    else:
+        torch.manual_seed(args.seed)
+        unet = cifar10_unet()
+        encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
+        torch.nn.init.normal_(encoder.proj_out.weight, std=1e-3)  # a non-zero score, as a trained encoder has
+        pipe = ScoreVAEPipeline(unet=unet, scheduler=DDPMScheduler(), encoder=encoder).to(args.device)
+    pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config, clip_sample=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -106,6 +122,7 @@ def decode(pipe: ScoreVAEPipeline, args, mode: str, latent_codes: torch.Tensor):
         latent_codes=latent_codes,
         num_inference_steps=args.num_inference_steps,
         guidance_scale=guidance_scale,
+        guidance_log_snr_range=None if args.every_step else DEFAULT_GUIDANCE_LOG_SNR_RANGE,
         generator=generator,
         output_type="pt",
     ).images
@@ -182,7 +199,8 @@ def cpu_memory(args) -> dict[str, dict[str, float]]:
     for mode in MODES:
         command = [sys.executable, __file__, "--memory_worker", mode, "--device", args.device]
         command += ["--batch_size", str(args.batch_size), "--num_inference_steps", str(args.num_inference_steps)]
-        command += ["--latent_dim", str(args.latent_dim), "--seed", str(args.seed)]
+        command += ["--latent_dim", str(args.latent_dim), "--seed", str(args.seed), "--scheduler", args.scheduler]
+        command += ["--every_step"] if args.every_step else []
         if args.pipeline is not None:
             command += ["--pipeline", args.pipeline, "--guidance_scale", str(args.guidance_scale)]
         result = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -208,6 +226,10 @@ def main(args):
         print(f"pipeline {args.pipeline}: UNet {unet_params / 1e6:.2f}M, encoder {encoder_params / 1e6:.2f}M parameters")
     scheduler_name = type(pipe.scheduler).__name__
     print(f"scheduler: {scheduler_name}, {args.num_inference_steps} steps, batch {args.batch_size}, {args.repeats} repeats")
+    pipe.scheduler.set_timesteps(args.num_inference_steps)
+    log_snr_range = None if args.every_step else DEFAULT_GUIDANCE_LOG_SNR_RANGE
+    guided = sum(guided_log_snr(scheduler_log_snr(pipe.scheduler, t), log_snr_range) for t in pipe.scheduler.timesteps)
+    print(f"encoder term at {guided} of {args.num_inference_steps} steps (guidance_log_snr_range={log_snr_range})")
 
     latent_codes = torch.randn(args.batch_size, args.latent_dim, generator=torch.Generator().manual_seed(1))
     latent_codes = latent_codes.to(args.device)

@@ -8,7 +8,8 @@ and notes ([`prepare_image`], [`reconstruct`], [`interpolate_strips`], [`sample`
 without a browser. [`build_demo`] puts them in a `gr.Blocks` page and [`launch`] serves it. Gradio is imported only by
 those two: the rest of the package does not need it (`pip install "diffusers-scorevae[app]"`).
 
-Decoding settings default to the command's (`cli.DEFAULT_STEPS`, `cli.DEFAULT_GUIDANCE`, `cli.DEFAULT_SCHEDULER`),
+Decoding settings default to the command's (`cli.DEFAULT_STEPS`, `cli.DEFAULT_GUIDANCE`, `cli.DEFAULT_SCHEDULER`,
+`cli.DEFAULT_CLIP_SAMPLE`, and the encoder term's `cli.DEFAULT_GUIDANCE_LOG_SNR_RANGE`),
 read when the page is built, so the page decodes as `scorevae demo` does.
 """
 
@@ -289,6 +290,7 @@ def _decode(pipe, codes, num_inference_steps, guidance_scale, seed, progress, st
         latents=latents,
         num_inference_steps=int(num_inference_steps),
         guidance_scale=float(guidance_scale),
+        guidance_log_snr_range=cli.DEFAULT_GUIDANCE_LOG_SNR_RANGE,
         generator=torch.Generator().manual_seed(int(seed)),
         output_type="pt",
         callback_on_step_end=step_callback(int(num_inference_steps), progress, stop, desc),
@@ -445,6 +447,7 @@ def interpolate_strips(
             guidance_scale=float(guidance_scale),
             generator=torch.Generator().manual_seed(int(seed)),
             scale=DISPLAY_SCALE // 2,
+            guidance_log_snr_range=cli.DEFAULT_GUIDANCE_LOG_SNR_RANGE,
         )
     return grid, f"A: {note_a}; B: {note_b}"
 

@@ -258,7 +258,7 @@ def test_readme_wraps_a_hub_prior(offline_priors):
     exec(snippet.split("```", 1)[0], namespace)
     pipe = namespace["pipe"]
     check_prior(pipe.unet, pipe.scheduler, "cifar10", offline_priors, scheduler_class=DDIMScheduler)
-    assert pipe.scheduler.config.clip_sample  # the repo's DDPM configuration, carried over
+    assert not pipe.scheduler.config.clip_sample  # the repo's DDPM configuration, but x̂_0 not clipped
 
 
 @pytest.mark.parametrize("model", list(PRIORS))
