@@ -7,6 +7,7 @@ shrinks as the number of steps grows, while decoding the same code from fresh no
 (c) Tiny random components: shapes, finiteness, codes, the pipeline's scheduler left unchanged, errors.
 """
 
+import logging
 import math
 import re
 
@@ -147,6 +148,20 @@ def test_closed_form_inverted_noise_is_standard_normal():
     assert abs(latents.mean().item()) < 4 / math.sqrt(latents.numel())
     variance = (latents.double().flatten(1) @ problem.basis).var(0)
     assert 0.9 < variance[: problem.A.shape[0]].mean() < 1.1 and 0.9 < variance[problem.A.shape[0] :].mean() < 1.1
+
+
+def test_invert_warns_when_the_inversion_diverges(caplog):
+    # the exact conditional ODE inverts to N(0, I)-like noise: no warning; an encoder term 300× too strong makes the
+    # inverse ODE blow up, and the user is told rather than handed an x_T that decodes to something else
+    pipe = gaussian_pipeline(DDIMScheduler(clip_sample=False))
+    image = gaussian_images(4, seed=0)
+    with caplog.at_level(logging.WARNING):
+        pipe.invert(image, num_inference_steps=50)
+    assert "diverged" not in caplog.text
+    with caplog.at_level(logging.WARNING):
+        latents = pipe.invert(image, num_inference_steps=50, guidance_scale=300.0).latents
+    assert latents.flatten(1).std(dim=1).max() > 2
+    assert "The inversion diverged" in caplog.text and "guidance_log_snr_range" in caplog.text
 
 
 # (c) tiny random components

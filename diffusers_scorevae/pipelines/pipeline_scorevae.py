@@ -620,6 +620,15 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         )
         latents = (latents / self.scheduler.init_noise_sigma).to(self.unet.dtype)
         self.maybe_free_model_hooks()
+        # x_T of a converged inversion looks like N(0, I) noise: per-image std ≈ 1 (± a few % for image-sized tensors)
+        stds = latents.float().flatten(1).std(dim=1)
+        if not torch.isfinite(stds).all() or stds.max() > 2.0:
+            logger.warning(
+                f"The inversion diverged: x_T has per-image std up to {stds.max().item():.3g} (N(0, I) noise has ≈ 1), so "
+                "decoding it will not reproduce the images. The encoder's guidance is unstable along the inverse ODE at "
+                "these noise levels; try a smaller guidance_scale, a guidance_log_snr_range that leaves out the noisy "
+                "steps (e.g. (4.0, float('inf'))), or more num_inference_steps."
+            )
 
         if not return_dict:
             return (latents, latent_codes)
