@@ -288,6 +288,8 @@ def main(args):
         num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule,
         prediction_type=args.prediction_type,
+        # latents are not confined to [-1, 1] as pixels are: sampling must not clip the predicted x_0 to it
+        **({"clip_sample": False} if vae is not None else {}),
     )
     logger.info(f"UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters, {height}x{width}")
     if resume:
