@@ -114,13 +114,14 @@ def load_autoencoder(path: str):
     import diffusers
 
     subfolder = next((name for name in ("vae", "vqvae") if os.path.isdir(os.path.join(path, name))), None)
-    config_path = os.path.join(path, subfolder or "", "config.json")
-    if not os.path.isfile(config_path):
+    # the folder itself, not `subfolder=`: diffusers prefers weights at the root of a local folder over the subfolder's
+    folder = os.path.join(path, subfolder) if subfolder is not None else path
+    if not os.path.isfile(os.path.join(folder, "config.json")):
         raise ValueError(f"vae path {path!r} holds neither config.json nor vae/config.json; pass a saved AutoencoderKL.")
-    class_name = diffusers.AutoencoderKL.load_config(path, subfolder=subfolder).get("_class_name")
+    class_name = diffusers.AutoencoderKL.load_config(folder).get("_class_name")
     if class_name not in ("AutoencoderKL", "VQModel"):
         raise ValueError(f"vae path {path!r} holds a {class_name}; expected {_SUPPORTED_NAMES}.")
-    vae = getattr(diffusers, class_name).from_pretrained(path, subfolder=subfolder, torch_dtype=torch.float32)
+    vae = getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=torch.float32)
     return vae.requires_grad_(False).eval()
 
 
