@@ -22,12 +22,14 @@
 # Debian's /usr/share/datasets/fashion-mnist) or DATASET_NAME (e.g. zalando-datasets/fashion_mnist, from the Hub),
 # EVAL_IMAGES / EVAL_STEPS / EVAL_SCHEDULER / EVAL_GUIDANCE / EVAL_BATCH, and the step counts below.
 #
-# Full-size estimate, measured here with OMP_NUM_THREADS=1 on the shared 2-core machine (a few steps of each stage at
-# full size, `s/step` from the scripts' logs): autoencoder 0.91 s/step (batch 64) x 600 = 9 min, + 1.5 min for the
-# scaling factor and the test L2; encoding the 60,000 padded images through the autoencoder ~1.7 ms/image = ~1.7 min in
-# each of stages 2-4 (5 min); prior 0.49 s/step (batch 128, 4.4M parameters) x 1200 = 10 min; beta-VAE 0.18 s/step x
-# 1500 = 4.5 min; encoder 0.125 s/step x 1500 = 3 min; evaluation 2.8 ms per image and step (batch 256) x 10,000 test
-# images x 25 DDIM steps = 12 min. About 45 minutes in all; two threads (OMP_NUM_THREADS=2) should take less.
+# Full-size estimate, measured here with OMP_NUM_THREADS=1 on the shared 2-core machine (a few dozen steps of each
+# stage at full size on the full training set, `s/step` from the scripts' logs): autoencoder 0.52 s/step (batch 64,
+# 16,32,64 channels) x 1000 = 9 min, + ~1.5 min for the scaling factor and the test L2 of 10,000 images; encoding the
+# 60,000 padded images through the autoencoder (0.87 ms/image) in each of stages 2-4: ~3 min; prior 0.49 s/step
+# (batch 128, 4.4M parameters) x 1200 = 10 min; beta-VAE 0.18 s/step x 1500 = 4.5 min; encoder 0.125 s/step x 1500 =
+# 3 min; evaluation 2.8 ms per image and step (batch 256) x 10,000 test images x 25 DDIM steps = 12 min. About 43
+# minutes in all (the DDPM 250 of the pixel bundle's table would take 2 hours on 10,000 images: EVAL_IMAGES=500
+# EVAL_STEPS=250 EVAL_SCHEDULER=ddpm is ~6 minutes). Two threads (OMP_NUM_THREADS=2) should take less.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -52,7 +54,8 @@ else
   WORK=${WORK:-runs/latent-bundle}
   DEST=${DEST:-diffusers_scorevae/pretrained/fashion-mnist-latent}
   SAMPLES=""
-  AE_ARGS="--block_out_channels 32,64,64 --train_batch_size 64 --max_train_steps ${AE_STEPS:-600} --checkpointing_steps 100"
+  AE_ARGS="--block_out_channels 16,32,64 --reconstruction_loss l2 --train_batch_size 64 --max_train_steps ${AE_STEPS:-1000} \
+    --checkpointing_steps 100"
   PRIOR_ARGS="--block_out_channels 64,128,128 --layers_per_block 1 --attention_levels 2 --attention_head_dim 32 \
     --train_batch_size 128 --max_train_steps ${PRIOR_STEPS:-1200} --checkpointing_steps 200 --use_ema"
   BETA_VAE_ARGS="--block_out_channels 64,128,128 --latent_dim 32 --beta 0.01 --train_batch_size 128 \
