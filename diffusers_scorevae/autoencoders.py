@@ -104,3 +104,29 @@ def check_autoencoder_matches_unet(vae, unet) -> None:
             f"the unet models {unet.config.in_channels}-channel samples but the vae ({type(vae).__name__}) has "
             f"latent_channels={latent_channels}; use the autoencoder the prior was trained on."
         )
+
+
+def load_autoencoder(path: str):
+    """A saved `AutoencoderKL` / `VQModel` (the class its config names): a model folder, or a pipeline folder with
+    `vae/` (or an LDMPipeline's `vqvae/`). Frozen, in eval mode, float32."""
+    import os
+
+    import diffusers
+
+    subfolder = next((name for name in ("vae", "vqvae") if os.path.isdir(os.path.join(path, name))), None)
+    # the folder itself, not `subfolder=`: diffusers prefers weights at the root of a local folder over the subfolder's
+    folder = os.path.join(path, subfolder) if subfolder is not None else path
+    if not os.path.isfile(os.path.join(folder, "config.json")):
+        raise ValueError(f"vae path {path!r} holds neither config.json nor vae/config.json; pass a saved AutoencoderKL.")
+    class_name = diffusers.AutoencoderKL.load_config(folder).get("_class_name")
+    if class_name not in ("AutoencoderKL", "VQModel"):
+        raise ValueError(f"vae path {path!r} holds a {class_name}; expected {_SUPPORTED_NAMES}.")
+    vae = getattr(diffusers, class_name).from_pretrained(folder, torch_dtype=torch.float32)
+    return vae.requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def encode_to_latents(vae, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Images in model space (`(N, C, H, W)`, [-1, 1]) → the UNet's latents by [`vae_encode`], batch by batch: float32
+    on the CPU (to cache a dataset once)."""
+    return torch.cat([vae_encode(vae, chunk).float().cpu() for chunk in images.split(batch_size)])

@@ -16,6 +16,14 @@ BUNDLED = {
 }
 
 
+# Bundles that a script in the repository builds into pretrained/, whose weights are not shipped yet: a name here is
+# loadable once its folder exists, and `pretrained_path` says how to build it when it does not.
+BUILDABLE = {
+    "fashion-mnist-latent": "scripts/train_latent_bundle.sh (AutoencoderKL 32x32 -> 8x8x4 latents, a latent UNet "
+    "prior, a ScoreVAE encoder posterior-matched to a latent beta-VAE)",
+}
+
+
 def pretrained_path(name: str = "fashion-mnist") -> str:
     """The local folder of a bundled model, loadable with the matching `from_pretrained`:
 
@@ -24,9 +32,14 @@ def pretrained_path(name: str = "fashion-mnist") -> str:
 
     Names: "fashion-mnist", "fashion-mnist-prior-large", "fashion-mnist-beta-vae", "fashion-mnist-classifier".
     """
-    if name not in BUNDLED:
+    if name not in BUNDLED and name not in BUILDABLE:
         raise ValueError(f"pretrained name {name!r} is not bundled; choose one of {sorted(BUNDLED)}.")
     path = os.path.join(PRETRAINED_DIR, name)
+    if name in BUILDABLE and not os.path.isfile(os.path.join(path, "model_index.json")):
+        raise FileNotFoundError(
+            f"The bundle {name!r} is not built: its weights are not shipped yet and {path} holds no pipeline. Build it "
+            f"with {BUILDABLE[name]}, or choose one of {sorted(BUNDLED)}."
+        )
     if not os.path.isdir(path):
         raise FileNotFoundError(f"The bundled model {name!r} is missing from {PRETRAINED_DIR}; reinstall the package.")
     return path

@@ -33,9 +33,9 @@ def _device(name: str | None) -> torch.device:
 
 def resolve(name_or_path: str) -> str:
     """A bundled name (see `pretrained_path`), a local folder, or a Hub repo id (returned unchanged)."""
-    from .bundled import BUNDLED, pretrained_path
+    from .bundled import BUILDABLE, BUNDLED, pretrained_path
 
-    return pretrained_path(name_or_path) if name_or_path in BUNDLED else name_or_path
+    return pretrained_path(name_or_path) if name_or_path in BUNDLED or name_or_path in BUILDABLE else name_or_path
 
 
 def load_pipeline(
@@ -78,9 +78,16 @@ def compare(
 ):
     """Reconstruct `images` ([0, 1], `[N, 1, 28, 28]`) with ScoreVAE and the β-VAE; metrics of both, each with its
     rate `kl` (nats/image). With `num_samples_per_code` K ≥ 2, ScoreVAE decodes each code K times (`l2` is the first
-    decode's); with `fd`, the Fréchet distance of classifier features to the originals."""
+    decode's); with `fd`, the Fréchet distance of classifier features to the originals.
+
+    A pipeline whose `image_shape` is larger than the images (the 32×32 latent pipeline) reads them padded centrally
+    with black and its decodes are cropped back (`evaluation.fit_to_pipeline`): every metric is on the 28×28 pixels,
+    the rate is its encoder's KL on the autoencoder's latents, and the `autoencoder` row (vae.decode(vae.encode(x)))
+    is the floor of any reconstruction through those latents. The β-VAE is the 28×28 pixel one."""
     from .evaluation import (
+        autoencoder_reconstruct,
         beta_vae_reconstruct,
+        fit_to_pipeline,
         kl_rate,
         reconstruction_metrics,
         same_code_metrics,
@@ -107,7 +114,8 @@ def compare(
     baseline = beta_vae_reconstruct(beta_vae, images)
 
     scorevae_metrics = reconstruction_metrics(images, scorevae, classifier, fd=fd)
-    scorevae_metrics["kl"] = kl_rate(pipe.encoder, images).mean().item()
+    vae = getattr(pipe, "vae", None)
+    scorevae_metrics["kl"] = kl_rate(pipe.encoder, fit_to_pipeline(pipe, images), vae=vae).mean().item()
     if num_samples_per_code > 1:
         scorevae_metrics.update(same_code_metrics(images, decodes))
     beta_vae_metrics = reconstruction_metrics(images, baseline, classifier, fd=fd)
@@ -126,6 +134,9 @@ def compare(
         "originals": {"sharpness": reconstruction_metrics(images, images)["sharpness"]},
         "scorevae_seconds": seconds,  # one decode of every image (the K decodes' time / K)
     }
+    if vae is not None:
+        metrics["autoencoder"] = reconstruction_metrics(images, autoencoder_reconstruct(pipe, images), classifier)
+        metrics["image_shape"] = list(pipe.image_shape)
     return scorevae, baseline, metrics
 
 
@@ -272,12 +283,16 @@ def cmd_app(args):
 
 def _print_metrics(metrics: dict):
     columns = ("kl", "l2", "psnr", "ssim", "sharpness", "class_kept", "fd", "l2_mean_of_k", "l2_between_decodes")
-    rows = {name: metrics[name] for name in ("scorevae", "beta_vae", "originals")}
+    rows = {name: metrics[name] for name in ("scorevae", "beta_vae", "autoencoder", "originals") if name in metrics}
     columns = [k for k in columns if any(k in row for row in rows.values())]
     widths = [max(12, len(k) + 2) for k in columns]
-    print(f"{'':10s}" + "".join(f"{k:>{w}s}" for k, w in zip(columns, widths)))
+    first = max(10, *(len(name) + 1 for name in rows))
+    print(" " * first + "".join(f"{k:>{w}s}" for k, w in zip(columns, widths)))
     for name, row in rows.items():
-        print(f"{name:10s}" + "".join(f"{row[k]:{w}.4f}" if k in row else " " * w for k, w in zip(columns, widths)))
+        print(f"{name:{first}s}" + "".join(f"{row[k]:{w}.4f}" if k in row else " " * w for k, w in zip(columns, widths)))
+    if "autoencoder" in metrics:
+        print(f"autoencoder: vae.decode(vae.encode(x)), the floor of the latent pipeline; metrics on the images' pixels "
+              f"(the pipeline's {metrics['image_shape']} images padded with black, decodes cropped back)")
     if metrics.get("num_samples_per_code", 1) > 1:
         k = metrics["num_samples_per_code"]
         print(f"l2: one decode per code; l2_mean_of_k: the mean of {k} decodes; l2_between_decodes: two decodes' L2")

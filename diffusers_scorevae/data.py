@@ -123,3 +123,20 @@ def images_to_tensor(images: np.ndarray) -> torch.Tensor:
     if images.dtype != np.uint8 or images.ndim != 3:
         raise ValueError(f"`images` must be uint8 of shape (N, H, W), got {images.dtype} of shape {images.shape}.")
     return torch.from_numpy(np.array(images, copy=True)).unsqueeze(1).float().div(127.5).sub(1.0)
+
+
+def pad_images(images: np.ndarray, size: int) -> np.ndarray:
+    r"""
+    Pad `uint8` images `(N, H, W)` centrally to `(N, size, size)` with black (0; -1 in model space, Fashion-MNIST's
+    background), e.g. 28×28 Fashion-MNIST to the 32×32 of an autoencoder with three blocks. Nothing is resized: images
+    larger than `size` are a `ValueError`. An odd difference puts the extra row / column at the bottom / right.
+    """
+    if images.dtype != np.uint8 or images.ndim != 3:
+        raise ValueError(f"`images` must be uint8 of shape (N, H, W), got {images.dtype} of shape {images.shape}.")
+    height, width = images.shape[1:]
+    if height > size or width > size:
+        raise ValueError(
+            f"`size` {size} is smaller than the images ({height}x{width}); images are padded, never resized or cropped."
+        )
+    top, left = (size - height) // 2, (size - width) // 2
+    return np.pad(images, ((0, 0), (top, size - height - top), (left, size - width - left)), constant_values=0)

@@ -13,8 +13,42 @@ from . import metrics
 from .noise import kl_to_standard_normal
 
 
+def center_pad(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Pad images `(N, C, h, w)` in [0, 1] centrally with black (0) to `(N, C, height, width)`; an odd difference puts
+    the extra row / column at the bottom / right (as [`~diffusers_scorevae.data.pad_images`]). Never resizes."""
+    h, w = images.shape[-2:]
+    if h > height or w > width:
+        raise ValueError(f"images of {h}x{w} cannot be padded to {height}x{width}; they are never resized or cropped.")
+    top, left = (height - h) // 2, (width - w) // 2
+    return torch.nn.functional.pad(images, (left, width - w - left, top, height - h - top), value=0.0)
+
+
+def center_crop(images: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The central `height` × `width` of images `(..., H, W)`: undoes [`center_pad`]."""
+    top, left = (images.shape[-2] - height) // 2, (images.shape[-1] - width) // 2
+    return images[..., top : top + height, left : left + width]
+
+
+def fit_to_pipeline(pipe, images: torch.Tensor) -> torch.Tensor:
+    r"""
+    `images` (`(N, C, h, w)`, [0, 1]) as the pipeline reads them: unchanged when they have its
+    [`~ScoreVAEPipeline.image_shape`], padded centrally with black when they are smaller (28×28 Fashion-MNIST for a
+    32×32 latent pipeline: 2 pixels on each side); decodes are cropped back with [`center_crop`]. Other channel
+    counts, or images larger than the pipeline's, are a `ValueError` (nothing is resized).
+    """
+    channels, height, width = pipe.image_shape
+    if images.ndim != 4 or images.shape[1] != channels or images.shape[2] > height or images.shape[3] > width:
+        raise ValueError(
+            f"images have shape {tuple(images.shape)}; the pipeline reads (N, {channels}, {height}, {width}) images "
+            f"(smaller ones are padded centrally with black; nothing is resized)."
+        )
+    if tuple(images.shape[2:]) == (height, width):
+        return images
+    return center_pad(images, height, width)
+
+
 @torch.no_grad()
-def kl_rate(encoder, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+def kl_rate(encoder, images: torch.Tensor, batch_size: int = 512, vae=None) -> torch.Tensor:
     r"""
     The rate of each image's code: KL(q(z | x_0) ‖ N(0, I)) in nats, with the encoder at its clean noise level
     (`encoder.config.clean_log_snr`, as [`ScoreVAEPipeline.encode`] and [`BetaVAE.encode`] use it).
@@ -26,13 +60,21 @@ def kl_rate(encoder, images: torch.Tensor, batch_size: int = 512) -> torch.Tenso
             Images in [0, 1].
         batch_size (`int`, *optional*, defaults to 512):
             Images per encoder call.
+        vae ([`AutoencoderKL`] or [`VQModel`], *optional*):
+            A latent pipeline's autoencoder (`pipe.vae`): the encoder reads the images' latents
+            ([`~diffusers_scorevae.autoencoders.vae_encode`]), so `images` are at the autoencoder's resolution.
 
     Returns:
         `torch.Tensor` of shape `(N,)`: nats per image (summed over the latent dimension), float32 on the CPU.
     """
     rates = []
     for chunk in images.split(batch_size):
-        sample = (chunk * 2 - 1).to(encoder.device, encoder.dtype)
+        sample = chunk * 2 - 1
+        if vae is not None:
+            from .autoencoders import vae_encode
+
+            sample = vae_encode(vae, sample)
+        sample = sample.to(encoder.device, encoder.dtype)
         mean, logvar = encoder(sample, encoder.config.clean_log_snr, return_dict=False)
         rates.append(kl_to_standard_normal(mean.float(), logvar.float()).cpu())
     return torch.cat(rates)
@@ -62,7 +104,8 @@ def scorevae_decode_samples(
             The pipeline. Its progress bar is configured here: with `progress`, one bar over the denoising steps of
             each decode (cleared when the decode ends), below a bar over the batches; without, none.
         images (`torch.Tensor` of shape `(N, C, H, W)`):
-            Images in [0, 1].
+            Images in [0, 1]: the pipeline's [`~ScoreVAEPipeline.image_shape`], or smaller (then padded centrally with
+            black for the pipeline and the decodes cropped back to `(H, W)`; see [`fit_to_pipeline`]).
         num_samples_per_code (`int`, *optional*, defaults to 1):
             K, the decodes per code (at least 1).
         progress (`bool`, *optional*, defaults to `True`):
@@ -77,6 +120,8 @@ def scorevae_decode_samples(
     """
     if num_samples_per_code < 1:
         raise ValueError(f"`num_samples_per_code` must be at least 1, got {num_samples_per_code}.")
+    height, width = images.shape[-2:]
+    images = fit_to_pipeline(pipe, images)
     outputs = []
     starts = range(0, len(images), batch_size)
     for start in tqdm(starts, desc="ScoreVAE reconstruction", unit="batch", disable=not progress):
@@ -95,7 +140,7 @@ def scorevae_decode_samples(
                 output_type="pt",
                 **(pipeline_kwargs or {}),
             )
-            decodes.append(out.images.float().cpu())
+            decodes.append(center_crop(out.images.float().cpu(), height, width))
         outputs.append(torch.stack(decodes))
     return torch.cat(outputs, dim=1)
 
@@ -123,6 +168,23 @@ def scorevae_reconstruct(
         progress=progress,
         guidance_log_snr_range=guidance_log_snr_range,
     )[0]
+
+
+@torch.no_grad()
+def autoencoder_reconstruct(pipe, images: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """A latent pipeline's autoencoder alone: `vae.decode(vae.encode(x))` (posterior mean / pre-quantisation latents,
+    [`~diffusers_scorevae.autoencoders.latent_scaling`]'s rule) of `images` (in [0, 1], padded and cropped as
+    [`scorevae_decode_samples`]), in [0, 1], `(N, C, H, W)`: the floor of any reconstruction through its latents."""
+    from .autoencoders import vae_decode, vae_encode
+
+    if getattr(pipe, "vae", None) is None:
+        raise ValueError("pipe has no vae: autoencoder_reconstruct needs a latent-diffusion pipeline.")
+    height, width = images.shape[-2:]
+    outputs = []
+    for chunk in fit_to_pipeline(pipe, images).split(batch_size):
+        decoded = vae_decode(pipe.vae, vae_encode(pipe.vae, chunk * 2 - 1))
+        outputs.append(center_crop(((decoded.float() + 1) / 2).clamp(0, 1).cpu(), height, width))
+    return torch.cat(outputs)
 
 
 @torch.no_grad()

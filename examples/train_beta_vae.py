@@ -5,6 +5,16 @@ model space [-1, 1]).
 
     python examples/train_beta_vae.py --output_dir runs/beta-vae --latent_dim 32 --beta 0.01
 
+With `--vae` (a saved `AutoencoderKL` / `VQModel`, e.g. from `train_autoencoder_kl.py`) the β-VAE models that
+autoencoder's latents instead of pixels (the teacher of a latent ScoreVAE encoder, `train_scorevae_encoder.py
+--objective posterior --teacher`): the images are padded centrally with black to the autoencoder's `sample_size`
+(never resized), encoded once by the pipeline's rule (`diffusers_scorevae.autoencoders.vae_encode`) and cached; the
+likelihood is the unit-variance Gaussian on those (scaled, ~unit-variance) latents. The autoencoder is copied to
+`output_dir/vae` so that the β-VAE's pixel reconstructions can be decoded.
+
+    python examples/train_beta_vae.py --vae runs/autoencoder-kl --output_dir runs/latent-beta-vae \
+        --block_out_channels 64,128,128 --beta 0.01
+
 The run can be killed at any moment; the same command continues from `output_dir/checkpoint` (replaced atomically).
 """
 
@@ -43,9 +53,22 @@ def parse_args(input_args=None):
     parser.add_argument("--checkpointing_steps", type=int, default=1000)
     parser.add_argument("--logging_steps", type=int, default=100)
     parser.add_argument("--random_flip", action="store_true")
+    parser.add_argument(
+        "--vae",
+        type=str,
+        default=None,
+        help="A saved AutoencoderKL or VQModel: model its latents of the images (padded with black to its sample_size).",
+    )
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training images.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
-    return parser.parse_args(input_args)
+    args = parser.parse_args(input_args)
+    if args.vae is not None and args.random_flip:
+        raise ValueError(
+            "--random_flip cannot be combined with --vae: the latents are encoded once, and a flipped latent is not "
+            "the latent of the flipped image."
+        )
+    return args
 
 
 def save_checkpoint(output_dir, model, optimizer, step, wall_seconds, generator):
@@ -92,7 +115,21 @@ def main(args):
         images, _ = load_fashion_mnist_from_hub("train", dataset_name=args.dataset_name)
     else:
         images, _ = load_fashion_mnist("train", data_dir=args.fashion_mnist_dir)
-    data = images_to_tensor(images).to(device)
+    images = images[: args.max_train_samples]
+    if args.vae is not None:  # latents of the padded images, encoded once
+        from diffusers_scorevae.autoencoders import encode_to_latents, load_autoencoder
+        from diffusers_scorevae.data import pad_images
+
+        vae = load_autoencoder(args.vae).to(device)
+        data = encode_to_latents(vae, images_to_tensor(pad_images(images, vae.config.sample_size))).to(device)
+        print(f"{len(images)} images padded to {vae.config.sample_size}x{vae.config.sample_size} and encoded once: "
+              f"latents {tuple(data.shape[1:])}, std {data.std().item():.3f}")
+        if not os.path.isfile(os.path.join(args.output_dir, "vae", "config.json")):
+            vae.save_pretrained(os.path.join(args.output_dir, "vae.tmp"))
+            shutil.rmtree(os.path.join(args.output_dir, "vae"), ignore_errors=True)
+            os.rename(os.path.join(args.output_dir, "vae.tmp"), os.path.join(args.output_dir, "vae"))
+    else:
+        data = images_to_tensor(images).to(device)
 
     model = BetaVAE(
         sample_size=data.shape[-1],

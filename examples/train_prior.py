@@ -1,7 +1,16 @@
 #!/usr/bin/env python
-"""Train the unconditional Fashion-MNIST prior of ScoreVAE: a diffusers `UNet2DModel` at native 28x28, one channel.
+"""Train the unconditional Fashion-MNIST prior of ScoreVAE: a diffusers `UNet2DModel` at native 28x28, one channel, or
+with `--vae` a latent-diffusion prior over a frozen autoencoder's latents.
 
     accelerate launch examples/train_prior.py --output_dir runs/prior --use_ema --mixed_precision bf16
+    python examples/train_prior.py --vae runs/autoencoder-kl --output_dir runs/latent-prior --use_ema
+
+With `--vae` (a saved `AutoencoderKL` / `VQModel`, e.g. from `train_autoencoder_kl.py`): the images are padded centrally
+with black to the autoencoder's `sample_size` (28 -> 32; never resized), encoded once through it by the pipeline's rule
+(`diffusers_scorevae.autoencoders.latent_scaling`: posterior means times `scaling_factor`) and cached, and the UNet
+models those latents (4x8x8 for the default autoencoder). `output_dir` then also holds the autoencoder in `vae/` (and
+`model_index.json` names it): an LDM-style folder that `ScoreVAEPipeline.from_pretrained(output_dir, encoder=...)`,
+`hub.load_latent_prior` and `train_scorevae_encoder.py --pretrained_model_name_or_path` load.
 
 `output_dir` ends up a `DDPMPipeline` folder (`unet/`, `scheduler/`, `model_index.json`, safetensors; the EMA weights
 with `--use_ema`) next to `checkpoint/` and `train_log.jsonl`. The run can be killed at any moment: the same command
@@ -56,6 +65,14 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--cache_dir", type=str, default=None, help="Cache folder for `--dataset_name`.")
     parser.add_argument("--random_flip", action="store_true", help="Randomly flip training images horizontally.")
+    parser.add_argument(
+        "--vae",
+        type=str,
+        default=None,
+        help="A saved AutoencoderKL or VQModel (folder, or a pipeline folder with vae/): train a latent-diffusion prior "
+        "on its latents of the images, padded with black to its sample_size.",
+    )
+    parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training images.")
     parser.add_argument("--output_dir", type=str, default="ddpm-fashion-mnist-28")
     parser.add_argument(
         "--init_unet",
@@ -132,6 +149,11 @@ def parse_args(input_args=None):
                 f"`--attention_levels` must name levels 0..{len(args.block_out_channels) - 1} of "
                 f"`--block_out_channels` {args.block_out_channels}, got {level}."
             )
+    if args.vae is not None and args.random_flip:
+        raise ValueError(
+            "--random_flip cannot be combined with --vae: the latents are encoded once, and a flipped latent is not "
+            "the latent of the flipped image."
+        )
     if args.dataset_name is None and not os.path.isdir(args.fashion_mnist_dir):
         raise ValueError(
             f"`--fashion_mnist_dir` {args.fashion_mnist_dir} does not exist: `apt-get install dataset-fashion-mnist` "
@@ -190,6 +212,18 @@ def check_same_config(built, saved_config, what):
         )
 
 
+def save_autoencoder_entry(folder, vae):
+    """Add the autoencoder to a saved DDPMPipeline folder as `vae/`, named in `model_index.json` (the LDM layout the
+    ScoreVAE loaders read)."""
+    vae.save_pretrained(os.path.join(folder, "vae"))
+    index_path = os.path.join(folder, "model_index.json")
+    with open(index_path) as f:
+        index = json.load(f)
+    index["vae"] = ["diffusers", type(vae).__name__]
+    with open(index_path, "w") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+
+
 def main(args):
     # 1. Accelerator
     accelerator = Accelerator(mixed_precision=args.mixed_precision)
@@ -200,8 +234,9 @@ def main(args):
     device = accelerator.device
     os.makedirs(args.output_dir, exist_ok=True)
     checkpoint_dir = os.path.join(args.output_dir, CHECKPOINT_NAME)
-    for path in (checkpoint_dir, os.path.join(args.output_dir, "unet"), os.path.join(args.output_dir, "scheduler")):
-        recover(path)
+    for entry in ("unet", "scheduler", "vae", "model_index.json"):
+        recover(os.path.join(args.output_dir, entry))
+    recover(checkpoint_dir)
     shutil.rmtree(os.path.join(args.output_dir, "pipeline.tmp"), ignore_errors=True)
     resume = os.path.isdir(checkpoint_dir)
 
@@ -210,8 +245,23 @@ def main(args):
         images, _ = load_fashion_mnist_from_hub("train", args.dataset_name, cache_dir=args.cache_dir)
     else:
         images, _ = load_fashion_mnist("train", args.fashion_mnist_dir)
-    train_images = images_to_tensor(images).to(device)
-    num_images, _, height, width = train_images.shape
+    images = images[: args.max_train_samples]
+    vae = None
+    if args.vae is not None:  # a latent prior: pad to the autoencoder's resolution, encode once, cache the latents
+        from diffusers_scorevae.autoencoders import encode_to_latents, latent_scaling, load_autoencoder
+        from diffusers_scorevae.data import pad_images
+
+        vae = load_autoencoder(args.vae).to(device)
+        pixels = images_to_tensor(pad_images(images, vae.config.sample_size))
+        train_images = encode_to_latents(vae, pixels).to(device)
+        logger.info(
+            f"{len(images)} images padded to {vae.config.sample_size}x{vae.config.sample_size}, encoded once by the "
+            f"{type(vae).__name__} (scaling_factor, shift_factor = {latent_scaling(vae)}): latents "
+            f"{tuple(train_images.shape[1:])}, std {train_images.std().item():.3f}"
+        )
+    else:
+        train_images = images_to_tensor(images).to(device)
+    num_images, channels, height, width = train_images.shape
     steps_per_epoch = num_images // args.train_batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"`--train_batch_size` {args.train_batch_size} exceeds the {num_images} training images.")
@@ -221,8 +271,8 @@ def main(args):
     num_levels = len(args.block_out_channels)
     model = UNet2DModel(
         sample_size=height,
-        in_channels=1,
-        out_channels=1,
+        in_channels=channels,
+        out_channels=channels,
         block_out_channels=args.block_out_channels,
         layers_per_block=args.layers_per_block,
         down_block_types=tuple(
@@ -238,6 +288,8 @@ def main(args):
         num_train_timesteps=args.num_train_timesteps,
         beta_schedule=args.beta_schedule,
         prediction_type=args.prediction_type,
+        # latents are not confined to [-1, 1] as pixels are: sampling must not clip the predicted x_0 to it
+        **({"clip_sample": False} if vae is not None else {}),
     )
     logger.info(f"UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters, {height}x{width}")
     if resume:
@@ -358,7 +410,11 @@ def main(args):
         pipeline_tmp = os.path.join(args.output_dir, "pipeline.tmp")
         shutil.rmtree(pipeline_tmp, ignore_errors=True)
         DDPMPipeline(unet=unet, scheduler=noise_scheduler).save_pretrained(pipeline_tmp)
-        for entry in PIPELINE_ENTRIES:
+        entries = PIPELINE_ENTRIES
+        if vae is not None:
+            save_autoencoder_entry(pipeline_tmp, vae)
+            entries = ("vae",) + entries
+        for entry in entries:
             atomic_replace(os.path.join(pipeline_tmp, entry), os.path.join(args.output_dir, entry))
         shutil.rmtree(pipeline_tmp)
 

@@ -93,6 +93,12 @@ def parse_args(input_args=None):
         help="Training resolution; defaults to (and must equal) the UNet's, or with an autoencoder its pixel resolution.",
     )
     parser.add_argument(
+        "--pad_images",
+        action="store_true",
+        help="Pad images smaller than the resolution centrally with black instead of resizing them (Fashion-MNIST's "
+        "28x28 for the 32x32 autoencoder of train_autoencoder_kl.py, as train_prior.py --vae pads them).",
+    )
+    parser.add_argument(
         "--max_latent_cache_gb",
         type=float,
         default=4.0,
@@ -215,9 +221,9 @@ class ImageDataset(torch.utils.data.Dataset):
 
     Crops are drawn from a generator seeded by (seed, epoch, index), so a resumed run sees exactly the same pixels."""
 
-    def __init__(self, images, channels: int, resolution: int, center_crop: bool, seed: int):
+    def __init__(self, images, channels: int, resolution: int, center_crop: bool, seed: int, pad: bool = False):
         self.images, self.channels, self.resolution = images, channels, resolution
-        self.center_crop, self.seed, self.epoch = center_crop, seed, 0
+        self.center_crop, self.seed, self.epoch, self.pad = center_crop, seed, 0, pad
         self.mode = {1: "L", 3: "RGB", 4: "RGBA"}.get(channels)
         if self.mode is None:
             raise ValueError(f"The prior has {channels} channels; image datasets can be converted to 1, 3 or 4.")
@@ -230,6 +236,15 @@ class ImageDataset(torch.utils.data.Dataset):
         if not isinstance(image, PIL.Image.Image):
             image = PIL.Image.fromarray(np.asarray(image))
         image = image.convert(self.mode)
+        if self.pad:  # centrally, with black, to the resolution (--pad_images); never resized
+            if max(image.size) > self.resolution:
+                raise ValueError(
+                    f"--pad_images: image {index} is {image.size[0]}x{image.size[1]}, larger than --resolution "
+                    f"{self.resolution}; images are padded, never resized."
+                )
+            padded = PIL.Image.new(self.mode, (self.resolution, self.resolution))  # black
+            padded.paste(image, ((self.resolution - image.size[0]) // 2, (self.resolution - image.size[1]) // 2))
+            image = padded
         # resize the shorter side to the resolution, then crop (as diffusers' train_unconditional does)
         scale = self.resolution / min(image.size)
         if scale != 1:
@@ -339,6 +354,18 @@ def load_clean_encoder(path: str):
 
         return BetaVAE.from_pretrained(path, torch_dtype=torch.float32)
     return ScoreVAEEncoder.from_pretrained(path, torch_dtype=torch.float32)
+
+
+def check_teacher_matches_unet(teacher, unet, path: str):
+    """Raise a `ValueError` unless the teacher reads the UNet's samples (with a latent prior: its latents, e.g. a β-VAE
+    trained with `train_beta_vae.py --vae`), `(in_channels, sample_size)` equal."""
+    config = (teacher if isinstance(teacher, ScoreVAEEncoder) else teacher.encoder).config
+    found, expected = (config.in_channels, config.sample_size), (unet.config.in_channels, unet.config.sample_size)
+    if found != expected:
+        raise ValueError(
+            f"--teacher {path} reads (in_channels, sample_size) = {found} but the prior's UNet models {expected}; with a "
+            "latent prior the teacher must encode the autoencoder's latents (train_beta_vae.py --vae AUTOENCODER)."
+        )
 
 
 def load_init_encoder(path: str, record: dict) -> ScoreVAEEncoder:
@@ -500,6 +527,7 @@ def main(args):
     teacher = None
     if args.objective == "posterior":
         teacher = load_clean_encoder(args.teacher).requires_grad_(False).eval()
+        check_teacher_matches_unet(teacher, unet, args.teacher)
     init_encoder = args.init_encoder if args.init_encoder is not None or teacher is None else args.teacher
     if init_encoder is not None and init_encoder != "scratch":
         encoder = load_init_encoder(init_encoder, record)
@@ -576,7 +604,7 @@ def main(args):
     images = load_images(args)
     if args.max_train_samples is not None:
         images = images[: args.max_train_samples]
-    dataset = ImageDataset(images, image_channels, resolution, args.center_crop, args.seed or 0)
+    dataset = ImageDataset(images, image_channels, resolution, args.center_crop, args.seed or 0, args.pad_images)
     validation_images = torch.stack([dataset[i] for i in range(min(args.num_validation_images, len(dataset)))])
     cached_latents = False
     if vae is not None:

@@ -212,7 +212,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             if image.size != (width, height):
                 raise ValueError(
                     f"image has size {image.size[0]}x{image.size[1]} (width x height); the UNet models "
-                    f"{width}x{height} images. Resize it first (nothing is resized silently)."
+                    f"{width}x{height} images. Resize or pad it first (nothing is resized silently; "
+                    "`diffusers_scorevae.evaluation.center_pad` pads with black)."
                 )
             array = np.asarray(image.convert(_PIL_MODES[channels]), dtype=np.float32) / 255.0
             tensor = torch.from_numpy(array.reshape(height, width, channels)).permute(2, 0, 1)[None]
@@ -237,7 +238,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         if tuple(tensor.shape[1:]) != (channels, height, width):
             raise ValueError(
                 f"image has (channels, height, width) = {tuple(tensor.shape[1:])}; the UNet models "
-                f"{(channels, height, width)}. Nothing is resized or converted silently."
+                f"{(channels, height, width)}. Nothing is resized, padded or converted silently "
+                "(`diffusers_scorevae.evaluation.center_pad` pads smaller images with black)."
             )
         tensor = tensor.float()
         if not torch.isfinite(tensor).all():
