@@ -46,6 +46,13 @@ def parse_args(input_args=None):
     parser.add_argument("--latent_dim", type=int, default=32)
     parser.add_argument("--block_out_channels", type=str, default="32,64,128,128")
     parser.add_argument("--beta", type=float, default=0.01)
+    parser.add_argument(
+        "--init_model",
+        type=str,
+        default=None,
+        help="Start from this saved BetaVAE (folder), e.g. to retune β: its architecture replaces --latent_dim and "
+        "--block_out_channels. A checkpoint in --output_dir still takes precedence (resume).",
+    )
     parser.add_argument("--train_batch_size", type=int, default=128)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
     parser.add_argument("--max_train_steps", type=int, default=20000)
@@ -131,12 +138,22 @@ def main(args):
     else:
         data = images_to_tensor(images).to(device)
 
-    model = BetaVAE(
-        sample_size=data.shape[-1],
-        in_channels=data.shape[1],
-        latent_dim=args.latent_dim,
-        block_out_channels=tuple(int(c) for c in args.block_out_channels.split(",")),
-    ).to(device)
+    if args.init_model is not None:
+        model = BetaVAE.from_pretrained(args.init_model).float().to(device)
+        expected = (data.shape[1], data.shape[-1])
+        got = (model.config.in_channels, model.config.sample_size)
+        if got != expected:
+            raise ValueError(
+                f"--init_model {args.init_model} models (in_channels, sample_size) = {got}, but the training data is "
+                f"{expected}; pass a BetaVAE trained on this data."
+            )
+    else:
+        model = BetaVAE(
+            sample_size=data.shape[-1],
+            in_channels=data.shape[1],
+            latent_dim=args.latent_dim,
+            block_out_channels=tuple(int(c) for c in args.block_out_channels.split(",")),
+        ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.learning_rate)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     step, wall_seconds = load_checkpoint(args.output_dir, model, optimizer, generator)

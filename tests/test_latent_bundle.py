@@ -126,6 +126,26 @@ def test_prior_and_beta_vae_latent_modes(tmp_path):
         train_scorevae_encoder.check_teacher_matches_unet(pixel_teacher, unet, "pixel-beta-vae")
 
 
+def test_beta_vae_init_model_retunes_beta_from_saved_weights(tmp_path):
+    # --init_model starts from a saved β-VAE (its architecture, its weights): how the bundled baseline was moved to the
+    # ScoreVAE encoder's rate by a larger β
+    data, start, out = str(tmp_path / "data"), str(tmp_path / "start"), str(tmp_path / "retuned")
+    write_fashion_mnist(data, num_train=16, num_test=4)
+    torch.manual_seed(0)
+    BetaVAE(sample_size=28, in_channels=1, latent_dim=4, block_out_channels=(8, 16)).save_pretrained(start)
+    args = ["--fashion_mnist_dir", data, "--output_dir", out, "--train_batch_size", "8", "--device", "cpu",
+            "--learning_rate", "0", "--max_train_steps", "1", "--beta", "0.05"]  # fmt: skip
+    train_beta_vae.main(train_beta_vae.parse_args(args + ["--init_model", start]))
+    loaded, initial = BetaVAE.from_pretrained(out), BetaVAE.from_pretrained(start)
+    assert loaded.config.latent_dim == 4 and tuple(loaded.config.block_out_channels) == (8, 16)
+    for key, value in initial.state_dict().items():  # lr 0: the saved weights, unchanged
+        assert torch.equal(loaded.state_dict()[key], value), key
+    latent = str(tmp_path / "latent")
+    BetaVAE(sample_size=8, in_channels=4, latent_dim=4, block_out_channels=(8, 16)).save_pretrained(latent)
+    with pytest.raises(ValueError, match=r"--init_model .* models \(in_channels, sample_size\) = \(4, 8\)"):
+        train_beta_vae.main(train_beta_vae.parse_args(args + ["--init_model", latent, "--output_dir", str(tmp_path / "x")]))
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # pad and crop in the evaluation
 
