@@ -12,9 +12,9 @@ import os
 import shutil
 
 import diffusers
+from to_fp16 import to_fp16  # scripts/ is on sys.path when run as a script
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
-from to_fp16 import to_fp16  # scripts/ is on sys.path when run as a script
 
 BUNDLE_NAME = "fashion-mnist-latent"
 
