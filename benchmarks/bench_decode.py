@@ -49,6 +49,7 @@ from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.cli import (
+    DEFAULT_CLIP_SAMPLE,
     DEFAULT_GUIDANCE,
     DEFAULT_GUIDANCE_LOG_SNR_RANGE,
     DEFAULT_SCHEDULER,
@@ -110,7 +111,7 @@ def build_pipeline(args) -> ScoreVAEPipeline:
         encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
         torch.nn.init.normal_(encoder.proj_out.weight, std=1e-3)  # a non-zero score, as a trained encoder has
         pipe = ScoreVAEPipeline(unet=unet, scheduler=DDPMScheduler(), encoder=encoder).to(args.device)
-    pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config, clip_sample=False)
+    pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config, clip_sample=DEFAULT_CLIP_SAMPLE)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

@@ -249,6 +249,13 @@ def load_models(
     return models
 
 
+def _decode_settings(num_inference_steps, guidance_scale) -> tuple:
+    """The given steps and γ, each defaulting (None) to the command's, read now: `cli.DEFAULT_STEPS`,
+    `cli.DEFAULT_GUIDANCE`."""
+    steps = cli.DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
+    return steps, cli.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+
+
 def _check_settings(num_inference_steps, guidance_scale, seed, **counts):
     if int(num_inference_steps) != num_inference_steps or not 1 <= num_inference_steps <= MAX_STEPS:
         raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS}, got {num_inference_steps}.")
@@ -355,8 +362,7 @@ def reconstruct(
     from .data import FASHION_MNIST_CLASSES
     from .evaluation import beta_vae_reconstruct, kl_rate, reconstruction_metrics, same_code_metrics
 
-    num_inference_steps = cli.DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
-    guidance_scale = cli.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+    num_inference_steps, guidance_scale = _decode_settings(num_inference_steps, guidance_scale)
     _check_settings(num_inference_steps, guidance_scale, seed, **{"decodes per code": (num_decodes, 1, MAX_DECODES)})
     picture, note = prepare_image(image, models.pipe.image_shape)
     original = to_tensor(picture)
@@ -486,8 +492,7 @@ def sample(
     Returns:
         `Tuple[torch.Tensor, torch.Tensor]`: the images `(N, C, H, W)` in [0, 1] and the codes `(N, latent_dim)`.
     """
-    num_inference_steps = cli.DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
-    guidance_scale = cli.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+    num_inference_steps, guidance_scale = _decode_settings(num_inference_steps, guidance_scale)
     _check_settings(num_inference_steps, guidance_scale, seed, images=(num_images, 1, MAX_IMAGES))
     codes = random_codes(models.pipe, int(num_images), int(seed))
     with models.lock:
@@ -526,8 +531,7 @@ def swap_prior(
         `Tuple[Dict[str, torch.Tensor], str]`: images `(N, C, H, W)` in [0, 1] under `"original"` (with an image),
         `models.name` and `prior`, and a note.
     """
-    num_inference_steps = cli.DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
-    guidance_scale = cli.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+    num_inference_steps, guidance_scale = _decode_settings(num_inference_steps, guidance_scale)
     _check_settings(num_inference_steps, guidance_scale, seed, codes=(num_codes, 1, MAX_IMAGES))
     choices = bundled_priors(exclude=models.name)
     if prior not in choices:
@@ -656,8 +660,7 @@ def build_demo(
     """
     gr = require_gradio()
 
-    steps = cli.DEFAULT_STEPS if num_inference_steps is None else num_inference_steps
-    guidance = cli.DEFAULT_GUIDANCE if guidance_scale is None else guidance_scale
+    steps, guidance = _decode_settings(num_inference_steps, guidance_scale)
     interpolation_steps = (
         command_defaults("interpolate")["num_inference_steps"] if num_inference_steps is None else steps
     )

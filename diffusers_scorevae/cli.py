@@ -226,8 +226,8 @@ def cmd_interpolate(args):
     from .interpolation import interpolation_grid
 
     device = _device(args.device)
-    pipe = load_pipeline(args.pipeline, args.prior, "ddim", device)  # z+xT needs DDIM inversion
-    pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, clip_sample=False)
+    # z+xT needs DDIM inversion, which only inverts a decode that does not clip x̂_0
+    pipe = load_pipeline(args.pipeline, args.prior, "ddim", device, clip_sample=False)
     grid = interpolation_grid(
         pipe,
         PIL.Image.open(args.image_a),
