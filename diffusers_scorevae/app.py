@@ -16,6 +16,7 @@ read when the page is built, so the page decodes as `scorevae demo` does.
 import json
 import os
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -588,29 +589,41 @@ def metrics_markdown(metrics: dict) -> str:
 
 
 class _Stops:
-    """Stop requests per browser session: the Stop button sets the event of its session's running decode only."""
+    """Stop requests per browser session. The Run button first arms a stop event (an instant, unqueued step that
+    returns a token), then queues the decode, which looks its event up by that token; the Stop button sets every event
+    its session has armed and not finished, running or still queued. The decode is then the only writer of its status
+    line: a stopped decode ends within a step and says so itself (Gradio's `cancels=` is not used: it would race the
+    decode's own answer, and cannot interrupt a function that is already running)."""
 
     def __init__(self):
-        self._events: dict = {}
+        self._events: dict = {}  # session -> {token: Event}
         self._lock = threading.Lock()
 
-    def start(self, key) -> threading.Event:
-        event = threading.Event()
+    def arm(self, key) -> str:
+        token = uuid.uuid4().hex
         with self._lock:
-            self._events[key] = event
-        return event
+            self._events.setdefault(key, {})[token] = threading.Event()
+        return token
 
-    def finish(self, key, event: threading.Event):
+    def event(self, key, token) -> threading.Event:
+        """The event armed under `token`; an unknown token (a direct API call that skipped the arming step) is armed
+        now."""
         with self._lock:
-            if self._events.get(key) is event:
-                del self._events[key]
+            return self._events.setdefault(key, {}).setdefault(token, threading.Event())
+
+    def finish(self, key, token):
+        with self._lock:
+            events = self._events.get(key, {})
+            events.pop(token, None)
+            if not events:
+                self._events.pop(key, None)
 
     def stop(self, key) -> bool:
         with self._lock:
-            event = self._events.get(key)
-        if event is not None:
+            events = list(self._events.get(key, {}).values())
+        for event in events:
             event.set()
-        return event is not None
+        return bool(events)
 
 
 def _session(request) -> str | None:
@@ -683,16 +696,18 @@ def build_demo(
         for i, (image, label) in enumerate(zip(test_images, test_labels))
     ]
 
-    def run(fn, request):
+    def run(fn, request, token):
         """Run a decode for this session; a bad input or a stop becomes a message in the page."""
         key = _session(request)
-        event = stops.start(key)
+        event = stops.event(key, token)
         try:
+            if event.is_set():
+                raise DecodeStopped("Stopped before it started.")
             return fn(event), None
         except (ValueError, TypeError, DecodeStopped) as error:
             return None, f"⚠️ {error}"
         finally:
-            stops.finish(key, event)
+            stops.finish(key, token)
 
     def image_picker(tab: str, label: str):
         """Bundled test images to click, an upload box for any file, and the input as the model will see it."""
@@ -761,11 +776,20 @@ def build_demo(
         status = gr.Markdown(elem_id=f"{tab}-status")
         return go, stop, status
 
-    def connect_stop(stop, status, event):
-        def request_stop(request: gr.Request):
-            return "Stopped." if stops.stop(_session(request)) else "Nothing is running."
+    def connect(go, stop, status, handler, inputs, outputs):
+        """Run: arm a stop token (unqueued), then queue `handler(token, *inputs)`. Stop: stop this session's decodes;
+        only when none is armed does it answer in the status line itself."""
+        token = gr.State(None)
 
-        stop.click(request_stop, None, status, queue=False, cancels=[event])
+        def arm(request: gr.Request):
+            return stops.arm(_session(request))
+
+        go.click(arm, None, token, queue=False).then(handler, [token, *inputs], outputs, **decode_options)
+
+        def request_stop(request: gr.Request):
+            return gr.skip() if stops.stop(_session(request)) else "Nothing is running."
+
+        stop.click(request_stop, None, status, queue=False)
 
     decode_options = {"concurrency_limit": 1, "concurrency_id": "decode"}  # one decode at a time, the rest queue
 
@@ -803,13 +827,13 @@ def build_demo(
             metrics_out = gr.Markdown(elem_id="reconstruct-metrics")
 
             def on_reconstruct(
-                name, source, steps, guidance, decodes, seed, request: gr.Request, progress=gr.Progress()
+                token, name, source, steps, guidance, decodes, seed, request: gr.Request, progress=gr.Progress()
             ):
                 def fn(event):
                     image = _source_image(source)
                     return reconstruct(get_models(name), image, steps, guidance, decodes, seed, progress, event)
 
-                result, error = run(fn, request)
+                result, error = run(fn, request, token)
                 if error is not None:
                     return None, None, None, "", error
                 beta = None if result.beta_vae is None else to_pil(result.beta_vae)[0]
@@ -821,13 +845,14 @@ def build_demo(
                     f"Done. Input: {result.note}.",
                 )
 
-            event = go.click(
+            connect(
+                go,
+                stop,
+                status,
                 on_reconstruct,
                 [pipeline_choice, source, *recon_settings],
                 [original_out, decodes_out, beta_out, metrics_out, status],
-                **decode_options,
             )
-            connect_stop(stop, status, event)
 
         with gr.Tab("Interpolate", elem_id="tab-interpolate"):
             with gr.Row():
@@ -837,25 +862,23 @@ def build_demo(
             go, stop, status = buttons("interpolate", "Interpolate")
             strip_out = gr.Image(format="png", label="A | interpolants | B", elem_id="interpolate-output")
 
-            def on_interpolate(name, a, b, steps, guidance, points, seed, request: gr.Request, progress=gr.Progress()):
+            def on_interpolate(token, name, a, b, steps, guidance, points, seed, request: gr.Request,
+                               progress=gr.Progress()):  # fmt: skip
                 def fn(event):
                     image_a, image_b = _source_image(a), _source_image(b)
                     return interpolate_strips(get_models(name), image_a, image_b, points, steps, guidance, seed,
                                               progress, event)  # fmt: skip
 
-                result, error = run(fn, request)
+                result, error = run(fn, request, token)
                 if error is not None:
                     return None, error
                 grid, note = result
                 return grid, f"Done (DDIM, no clipping). {note}."
 
-            event = go.click(
-                on_interpolate,
-                [pipeline_choice, source_a, source_b, *interp_settings],
-                [strip_out, status],
-                **decode_options,
-            )
-            connect_stop(stop, status, event)
+            connect(
+                go, stop, status, on_interpolate, [pipeline_choice, source_a, source_b, *interp_settings],
+                [strip_out, status]
+            )  # fmt: skip
 
         with gr.Tab("Sample", elem_id="tab-sample"):
             gr.Markdown("Codes z ~ N(0, I), each decoded once: the VAE's generative model.")
@@ -863,17 +886,17 @@ def build_demo(
             go, stop, status = buttons("sample", "Sample")
             samples_out = gr.Gallery(format="png", label="samples", columns=8, height=260, elem_id="sample-output")
 
-            def on_sample(name, steps, guidance, count, seed, request: gr.Request, progress=gr.Progress()):
+            def on_sample(token, name, steps, guidance, count, seed, request: gr.Request, progress=gr.Progress()):
                 result, error = run(
                     lambda event: sample(get_models(name), count, steps, guidance, seed, progress, event),
                     request,
+                    token,
                 )
                 if error is not None:
                     return None, error
                 return to_pil(result[0]), f"Done: {int(count)} codes from seed {int(seed)}."
 
-            event = go.click(on_sample, [pipeline_choice, *sample_settings], [samples_out, status], **decode_options)
-            connect_stop(stop, status, event)
+            connect(go, stop, status, on_sample, [pipeline_choice, *sample_settings], [samples_out, status])
 
         with gr.Tab("Swap prior", elem_id="tab-swap-prior"):
             priors = bundled_priors(exclude=pipeline)
@@ -895,7 +918,7 @@ def build_demo(
                         format="png", label="the other prior", columns=4, height=200, elem_id="swap-other"
                     )
 
-            def on_swap(name, prior, source, steps, guidance, count, seed, request: gr.Request,
+            def on_swap(token, name, prior, source, steps, guidance, count, seed, request: gr.Request,
                         progress=gr.Progress()):  # fmt: skip
                 def fn(event):
                     image = None if source is None else _source_image(source)
@@ -903,19 +926,20 @@ def build_demo(
                     rows, note = swap_prior(models, prior, image, count, steps, guidance, seed, progress, event)
                     return to_pil(rows[models.name]), to_pil(rows[prior]), note
 
-                result, error = run(fn, request)
+                result, error = run(fn, request, token)
                 if error is not None:
                     return None, None, error
                 own, other, note = result
                 return own, other, f"Done: {note}."
 
-            event = go.click(
+            connect(
+                go,
+                stop,
+                status,
                 on_swap,
                 [pipeline_choice, prior_choice, source_swap, *swap_settings],
                 [own_out, other_out, status],
-                **decode_options,
             )
-            connect_stop(stop, status, event)
     return demo
 
 

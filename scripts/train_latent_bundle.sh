@@ -20,7 +20,7 @@
 # Environment: WORK (default runs/latent-bundle; TINY: /tmp/latent-bundle-tiny), DEST (default the package's
 # diffusers_scorevae/pretrained/fashion-mnist-latent; TINY: WORK/fashion-mnist-latent), DATA (the idx folder, default
 # Debian's /usr/share/datasets/fashion-mnist) or DATASET_NAME (e.g. zalando-datasets/fashion_mnist, from the Hub),
-# EVAL_IMAGES / EVAL_STEPS / EVAL_SCHEDULER / EVAL_GUIDANCE / EVAL_BATCH, and the step counts below.
+# EVAL_IMAGES (0: stop after assembling) / EVAL_STEPS / EVAL_SCHEDULER / EVAL_GUIDANCE / EVAL_BATCH, and the step counts below.
 #
 # Full-size estimate, measured here with OMP_NUM_THREADS=1 on the shared 2-core machine (a few dozen steps of each
 # stage at full size on the full training set, `s/step` from the scripts' logs): autoencoder 0.52 s/step (batch 64,
@@ -110,6 +110,10 @@ stage encoder python examples/train_scorevae_encoder.py $DATA_ARGS $SAMPLES $ENC
   --pretrained_model_name_or_path "$WORK/prior" --objective posterior --teacher "$WORK/beta_vae" --logger none \
   --checkpoints_total_limit 2 --output_dir "$WORK/encoder" --resume_from_checkpoint latest
 stage assemble python scripts/assemble_latent_bundle.py --pipeline "$WORK/encoder" --dest "$DEST"
+if [ "$EVAL_IMAGES" = 0 ]; then
+  stamp "EVAL_IMAGES=0: built $DEST; the evaluate stage is left for a later run"
+  exit 0
+fi
 # shellcheck disable=SC2086
 stage evaluate python -m diffusers_scorevae.cli evaluate --pipeline "$DEST" $EVAL_DATA_ARGS \
   --num-images "$EVAL_IMAGES" --num-inference-steps "$EVAL_STEPS" --scheduler "$EVAL_SCHEDULER" \

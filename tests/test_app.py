@@ -160,8 +160,12 @@ def test_page_defaults_follow_the_command(models, monkeypatch):
     ]
     assert len(decodes) == 4 and all(fn.queue and fn.concurrency_limit == 1 for fn in decodes)
     assert len({fn.concurrency_id for fn in decodes}) == 1
-    cancelled = {i for fn in demo.fns.values() if fn.cancels for i in fn.cancels}
-    assert cancelled == {fn._id for fn in decodes}
+    # Run arms a stop token without queueing (so a Stop reaches a queued decode too); Stop is never queued behind a
+    # decode, and it cancels nothing through Gradio: the decode ends within a step and answers in its status line
+    arms = [fn for fn in demo.fns.values() if fn.name == "arm"]
+    stops = [fn for fn in demo.fns.values() if fn.name == "request_stop"]
+    assert len(arms) == len(stops) == 4 and not any(fn.queue for fn in arms + stops)
+    assert not any(fn.cancels for fn in demo.fns.values())
 
 
 def test_cli_app_without_gradio_says_how_to_install(monkeypatch, capsys):
@@ -232,6 +236,20 @@ def _open_browser(paths):
     return webdriver.Chrome(service=Service(paths[1]), options=options)
 
 
+def test_stop_reaches_every_decode_the_session_armed_running_or_queued():
+    stops = app._Stops()
+    running, queued = stops.arm("a"), stops.arm("a")  # Run pressed twice: one decode runs, one waits in the queue
+    other = stops.arm("b")
+    running_event = stops.event("a", running)
+    assert stops.stop("a") and running_event.is_set() and stops.event("a", queued).is_set()
+    assert not stops.event("b", other).is_set()  # another browser session's decode goes on
+    stops.finish("a", running)
+    stops.finish("a", queued)
+    assert not stops.stop("a")  # nothing armed: the page answers "Nothing is running."
+    fresh = stops.arm("a")  # a stop does not carry over to the next Run
+    assert not stops.event("a", fresh).is_set()
+
+
 def test_page_reconstructs_in_headless_chromium(models, tmp_path):
     pytest.importorskip("gradio")
     paths, reason = _browser()
@@ -293,9 +311,12 @@ def test_page_reconstructs_in_headless_chromium(models, tmp_path):
         trackers = "#reconstruct-output [data-testid=status-tracker]"
         wait.until(lambda b: re.search(r"decoding: step \d+/1000", b.find_element(By.CSS_SELECTOR, trackers).text))
         browser.find_element(By.ID, "reconstruct-stop").click()
-        wait.until(lambda b: "Stopped." in b.find_element(By.ID, "reconstruct-status").text)
+        # the decode answers for itself, once: no second writer (a Stop reply, a cancelled event) can overwrite it
+        wait.until(lambda b: "Stopped: decoding did not finish." in b.find_element(By.ID, "reconstruct-status").text)
         assert models.lock.acquire(timeout=20)  # 1000 steps take minutes here; a stopped decode ends within a step
         models.lock.release()
+        browser.find_element(By.ID, "reconstruct-stop").click()  # nothing left to stop: the button says so
+        wait.until(lambda b: "Nothing is running." in b.find_element(By.ID, "reconstruct-status").text)
         browser.save_screenshot(str(tmp_path / "app-stopped.png"))
     finally:
         browser.quit()
