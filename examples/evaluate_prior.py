@@ -25,7 +25,7 @@ from diffusers_scorevae.data import (
     load_fashion_mnist,
     load_fashion_mnist_from_hub,
 )
-from diffusers_scorevae.metrics import classifier_features, frechet_distance
+from diffusers_scorevae.metrics import classifier_features, frechet_distance, sharpness
 from diffusers_scorevae.models.classifier import FashionMNISTClassifier
 
 # scheduler settings that change what a sampler produces; recorded in metrics.json as they are, never overridden
@@ -56,6 +56,12 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--scheduler", type=str, default="ddpm", choices=["ddpm", "ddim"])
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic).")
+    parser.add_argument(
+        "--clip_sample",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Clip x̂_0 to [-1, 1] at every step (default: as the prior's scheduler config says).",
+    )
     parser.add_argument("--batch_size", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -96,6 +102,8 @@ def main(args):
     # 1. models: the prior as saved, with the requested sampler built from its scheduler config
     unet = UNet2DModel.from_pretrained(args.pipeline, subfolder="unet").to(device)
     train_scheduler = DDPMScheduler.from_pretrained(args.pipeline, subfolder="scheduler")
+    if args.clip_sample is not None:
+        train_scheduler = DDPMScheduler.from_config(train_scheduler.config, clip_sample=args.clip_sample)
     if args.scheduler == "ddim":
         pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(train_scheduler.config))
         num_inference_steps = args.num_inference_steps or 100
@@ -131,7 +139,7 @@ def main(args):
     sample_features = classifier_features(classifier, samples, args.batch_size)
     with torch.no_grad():
         sample_classes = classifier.head(sample_features.to(device)).argmax(dim=1).cpu()
-    test_features = classifier_features(classifier, load_split(args, "test"), args.batch_size)
+    test_features = classifier_features(classifier, test_images := load_split(args, "test"), args.batch_size)
     train_features = classifier_features(classifier, load_split(args, "train")[:10000], args.batch_size)
     fd = frechet_distance(sample_features, test_features)
     fd_train_vs_test = frechet_distance(train_features, test_features)
@@ -142,9 +150,12 @@ def main(args):
     metrics = {
         "fd": fd,
         "fd_train_vs_test": fd_train_vs_test,
+        "sharpness": sharpness(samples).mean().item(),
+        "sharpness_test_images": sharpness(test_images).mean().item(),
         "num_samples": args.num_samples,
         "steps": num_inference_steps,
         "scheduler": args.scheduler,
+        "clip_sample": bool(pipeline.scheduler.config.clip_sample),
         "eta": args.eta if args.scheduler == "ddim" else None,
         "scheduler_config": {key: scheduler_config[key] for key in RECORDED_SCHEDULER_KEYS if key in scheduler_config},
         "seed": args.seed,
@@ -159,7 +170,10 @@ def main(args):
     with open(os.path.join(output_dir, "metrics.json"), "w") as f:
         json.dump(metrics, f, indent=2)
     save_grid(samples, os.path.join(output_dir, "samples.png"))
-    print(f"FD {fd:.3f} (train vs test {fd_train_vs_test:.3f}), {args.num_samples} samples -> {output_dir}")
+    print(
+        f"FD {fd:.3f} (train vs test {fd_train_vs_test:.3f}), sharpness {metrics['sharpness']:.4f} (test images "
+        f"{metrics['sharpness_test_images']:.4f}), {args.num_samples} samples -> {output_dir}"
+    )
     return metrics
 
 

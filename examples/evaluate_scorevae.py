@@ -9,10 +9,11 @@ classifier's features of the reconstructions and of the originals).
 
 A setting is `scheduler:steps:guidance_scale[:option,option,...]` with scheduler one of ddpm, ddim, dpm
 (DPM-Solver++ 2M; `algorithm_type=sde-dpmsolver++` for its SDE variant), dpm-single, unipc, deis, pndm, lms, euler,
-euler-a (Euler ancestral), heun, kdpm2, kdpm2-a. An option is `clip` / `noclip` (the scheduler's `clip_sample`), `eta=X`
-(DDIM's η, passed to the pipeline) or `key=value`, a scheduler config override (value parsed as a Python literal, e.g.
-`thresholding=True`, `solver_order=3`, `use_karras_sigmas=True`); otherwise the saved config is used as is. Each
-setting reports `model_evals`, the UNet evaluations per image that its decode made (Heun makes two per step).
+euler-a (Euler ancestral), heun, kdpm2, kdpm2-a. An option is `clip` / `noclip` (the scheduler's `clip_sample`),
+`eta=X` (DDIM's η, passed to the pipeline), `power=P` (custom timesteps floor(T·(k/N)^P), k = N-1 … 0, passed to the
+pipeline as `timesteps`: P > 1 puts more steps at low noise) or `key=value`, a scheduler config override (value parsed
+as a Python literal, e.g. `thresholding=True`, `solver_order=3`, `use_karras_sigmas=True`); otherwise the saved config
+is used as is. Each setting reports `model_evals`, the UNet evaluations per image that its decode made (Heun makes two per step).
 `--prior FOLDER` decodes every pipeline's encoder with another prior (unet/ + scheduler/) instead of its own.
 `--num_samples_per_code K` (K >= 2) decodes each code K times: `l2` stays the first decode's, `l2_mean_of_k` is the L2
 of the mean of the K decodes (the MMSE proxy) and `l2_between_decodes` the L2 between two decodes of the same code.
@@ -111,10 +112,19 @@ def parse_setting(setting: str):
                 value = ast.literal_eval(value)
             except (ValueError, SyntaxError):  # a bare word, e.g. algorithm_type=sde-dpmsolver++
                 pass
-            (pipeline_kwargs if key == "eta" else overrides)[key] = value
+            (pipeline_kwargs if key in ("eta", "power") else overrides)[key] = value
         else:
             raise ValueError(f"setting {setting!r}: option {option!r} must be clip, noclip or key=value.")
     return name, int(steps), float(gamma), overrides, pipeline_kwargs
+
+
+def power_timesteps(num_train_timesteps: int, steps: int, power: float) -> list[int]:
+    """Descending timesteps floor(T·(k/N)^power) for k = N-1 … 0 without repeats: power 1 is the "leading" grid of
+    N steps, power > 1 puts more of them at low noise (and repeats at the low end merge, so there may be fewer)."""
+    if power <= 0:
+        raise ValueError(f"power must be > 0, got {power}.")
+    grid = {int(num_train_timesteps * (k / steps) ** power) for k in range(steps)}
+    return sorted(grid, reverse=True)
 
 
 def make_scheduler(name: str, config, overrides: dict | None = None):
@@ -157,6 +167,11 @@ def main(args):
         for setting in args.settings:
             name, steps, gamma, overrides, pipeline_kwargs = parse_setting(setting)
             pipe.scheduler = make_scheduler(name, base_config, overrides)
+            if "power" in pipeline_kwargs:  # custom timesteps, denser at low noise for power > 1
+                pipeline_kwargs = dict(pipeline_kwargs)
+                pipeline_kwargs["timesteps"] = power_timesteps(
+                    pipe.scheduler.config.num_train_timesteps, steps, pipeline_kwargs.pop("power")
+                )
             unet_calls.clear()
             start = time.time()
             decodes = scorevae_decode_samples(

@@ -126,7 +126,7 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     args = evaluate_scorevae.parse_args(
         ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
          "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3", "--settings", "ddim:2:1", "heun:2:1:noclip",
-         "ddim:2:1:eta=1.0,clip_sample=False", "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
+         "ddim:2:1:eta=1.0,clip_sample=False", "ddpm:3:1:noclip,power=2", "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
          "--guidance_log_snr_range", "-100", "inf"]
     )  # fmt: skip
     evaluate_scorevae.main(args)
@@ -142,6 +142,7 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     assert [runs[s]["model_evals"] for s in ("ddim:2:1", "heun:2:1:noclip")] == [2, 3]
     assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["clip_sample"] is False
     assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["l2"] != entry["l2"]  # η = 1 is another sampler
+    assert runs["ddpm:3:1:noclip,power=2"]["model_evals"] == 3  # custom timesteps 444, 111, 0
 
 
 def test_evaluate_scorevae_settings():
@@ -151,6 +152,13 @@ def test_evaluate_scorevae_settings():
     assert parse("dpm:20:2:algorithm_type=sde-dpmsolver++,solver_order=2") == (
         "dpm", 20, 2.0, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, {}
     )
+    assert parse("ddpm:4:2:noclip,power=2") == ("ddpm", 4, 2.0, {"clip_sample": False}, {"power": 2})
+    # power 1 is diffusers' "leading" grid; power 2 moves steps to low noise; repeats at the low end merge
+    assert evaluate_scorevae.power_timesteps(1000, 4, 1) == [750, 500, 250, 0]
+    assert evaluate_scorevae.power_timesteps(1000, 4, 2) == [562, 250, 62, 0]
+    assert evaluate_scorevae.power_timesteps(20, 10, 3) == [14, 10, 6, 4, 2, 1, 0]
+    with pytest.raises(ValueError, match="power"):
+        evaluate_scorevae.power_timesteps(1000, 4, 0)
     for bad, name in [("ddpm:50", "setting"), ("foo:50:2", "scheduler"), ("ddpm:50:2:fast", "option")]:
         with pytest.raises(ValueError, match=name):
             parse(bad)

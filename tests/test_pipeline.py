@@ -114,6 +114,36 @@ def test_eta_reaches_ddim_like_ddim_pipeline(unet, encoder, latent_codes):
     assert (pipe(**kwargs, eta=1.0, generator=seed()).images - default).abs().max() > 1e-4
 
 
+def test_custom_timesteps_and_sigmas_as_diffusers_pipelines(unet, encoder, latent_codes):
+    # the scheduler's own 50-step grid passed as `timesteps` is the same decode as num_inference_steps=50
+    scheduler = DDPMScheduler(clip_sample=False)
+    pipe = make_pipe(scheduler, unet=unet, encoder=encoder)
+    scheduler.set_timesteps(STEPS)
+    grid = scheduler.timesteps.tolist()
+    kwargs = dict(latent_codes=latent_codes, guidance_scale=2.0, output_type="pt")
+    default = pipe(**kwargs, num_inference_steps=STEPS, generator=seed()).images
+    assert torch.equal(pipe(**kwargs, timesteps=grid, generator=seed()).images, default)
+    # another grid: its length is the number of steps (num_inference_steps is ignored), and it changes the decode
+    calls = []
+    hook = unet.register_forward_hook(lambda module, inputs, output: calls.append(1))
+    custom = pipe(**kwargs, timesteps=[900, 500, 200, 50, 10], num_inference_steps=STEPS, generator=seed()).images
+    hook.remove()
+    assert len(calls) == 5 and pipe.num_timesteps == 5
+    assert (custom - default).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="descending"):
+        pipe(**kwargs, timesteps=[10, 500, 900])
+    with pytest.raises(ValueError, match="Only one of `timesteps` or `sigmas`"):
+        pipe(**kwargs, timesteps=grid, sigmas=[1.0, 0.5])
+    # a scheduler whose set_timesteps takes no custom grid says so
+    with pytest.raises(ValueError, match="does not support custom timestep schedules"):
+        make_pipe(DDIMScheduler(), unet=unet, encoder=encoder)(**kwargs, timesteps=grid)
+    # sigmas, for the schedulers that take them (Euler)
+    euler = make_pipe(EulerDiscreteScheduler(), unet=unet, encoder=encoder)
+    out = euler(**kwargs, sigmas=[14.0, 5.0, 1.0, 0.2], generator=seed()).images
+    assert out.shape == default.shape and euler.scheduler.sigmas[0].item() == pytest.approx(14.0)
+    assert euler.num_timesteps == len(euler.scheduler.timesteps) < STEPS
+
+
 @pytest.mark.parametrize("scheduler_cls", [DDIMScheduler, EulerDiscreteScheduler])
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 def test_zero_guidance_equals_plain_loop(unet, latent_codes, scheduler_cls, prediction_type):

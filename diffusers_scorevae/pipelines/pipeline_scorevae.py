@@ -66,6 +66,46 @@ EXAMPLE_DOC_STRING = """
 """
 
 
+# Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.retrieve_timesteps (importing that module
+# would import transformers, which this package does not need)
+def retrieve_timesteps(
+    scheduler,
+    num_inference_steps: int | None = None,
+    device: str | torch.device | None = None,
+    timesteps: list[int] | None = None,
+    sigmas: list[float] | None = None,
+    **kwargs,
+):
+    """Call `scheduler.set_timesteps` with `num_inference_steps`, or custom `timesteps` or `sigmas` (a `ValueError`
+    when the scheduler does not take them), and return `(scheduler.timesteps, the number of steps)`."""
+    if timesteps is not None and sigmas is not None:
+        raise ValueError("Only one of `timesteps` or `sigmas` can be passed. Please choose one to set custom values")
+    if timesteps is not None:
+        accepts_timesteps = "timesteps" in set(inspect.signature(scheduler.set_timesteps).parameters.keys())
+        if not accepts_timesteps:
+            raise ValueError(
+                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom"
+                f" timestep schedules. Please check whether you are using the correct scheduler."
+            )
+        scheduler.set_timesteps(timesteps=timesteps, device=device, **kwargs)
+        timesteps = scheduler.timesteps
+        num_inference_steps = len(timesteps)
+    elif sigmas is not None:
+        accept_sigmas = "sigmas" in set(inspect.signature(scheduler.set_timesteps).parameters.keys())
+        if not accept_sigmas:
+            raise ValueError(
+                f"The current scheduler class {scheduler.__class__}'s `set_timesteps` does not support custom"
+                f" sigmas schedules. Please check whether you are using the correct scheduler."
+            )
+        scheduler.set_timesteps(sigmas=sigmas, device=device, **kwargs)
+        timesteps = scheduler.timesteps
+        num_inference_steps = len(timesteps)
+    else:
+        scheduler.set_timesteps(num_inference_steps, device=device, **kwargs)
+        timesteps = scheduler.timesteps
+    return timesteps, num_inference_steps
+
+
 @dataclass
 class ScoreVAEPipelineOutput(BaseOutput):
     """
@@ -406,6 +446,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         latent_codes: torch.Tensor | list[torch.Tensor] | None = None,
         batch_size: int = 1,
         num_inference_steps: int = 50,
+        timesteps: list[int] | None = None,
+        sigmas: list[float] | None = None,
         guidance_scale: float = 1.0,
         guidance_log_snr_range: tuple[float, float] | None = None,
         eta: float = 0.0,
@@ -430,7 +472,13 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             batch_size (`int`, *optional*, defaults to 1):
                 Number of images to sample when neither `image` nor `latent_codes` is given.
             num_inference_steps (`int`, *optional*, defaults to 50):
-                Number of scheduler steps.
+                Number of scheduler steps; ignored when `timesteps` or `sigmas` is given.
+            timesteps (`List[int]`, *optional*):
+                Custom timesteps (descending) for schedulers whose `set_timesteps` accepts `timesteps` (e.g.
+                [`DDPMScheduler`]), as in diffusers' pipelines; a scheduler that does not is a `ValueError`.
+            sigmas (`List[float]`, *optional*):
+                Custom sigmas for schedulers whose `set_timesteps` accepts `sigmas`; at most one of `timesteps` and
+                `sigmas`.
             guidance_scale (`float`, *optional*, defaults to 1.0):
                 γ, the weight of the encoder's score. 1 is the ScoreVAE model; larger values act as an inverse
                 temperature on q_φ(z | x_t) (as in classifier guidance); 0 is the unconditional sampler, bit for bit.
@@ -500,8 +548,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         self._check_generator(generator, batch_size)
 
         # 3. set the timesteps (before the noise: `init_noise_sigma` depends on them)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        timesteps = self.scheduler.timesteps
+        timesteps, num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas
+        )
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
 
