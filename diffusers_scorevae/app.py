@@ -59,17 +59,34 @@ def available_pipelines() -> list[str]:
     return [name for name in PIPELINES if name in BUNDLED]
 
 
+def _prior_space(name: str):
+    """What a bundled diffusion prior models: `(latent, sample_size, in_channels)` (`latent`: it comes with a `vae` /
+    `vqvae`), or None for a bundle that is not a prior (no `unet` + `scheduler`)."""
+    folder = os.path.join(PRETRAINED_DIR, name)
+    index = os.path.join(folder, "model_index.json")
+    if not os.path.isfile(index):
+        return None
+    with open(index) as f:
+        components = json.load(f)
+    if "unet" not in components or "scheduler" not in components:
+        return None
+    latent = any(components.get(key) not in (None, [None, None]) for key in ("vae", "vqvae"))
+    with open(os.path.join(folder, "unet", "config.json")) as f:
+        unet = json.load(f)
+    return latent, unet["sample_size"], unet["in_channels"]
+
+
 def bundled_priors(exclude: str | None = None) -> list[str]:
-    """Bundled diffusion priors (pipelines with a `unet` and a `scheduler`) other than `exclude`."""
+    """Bundled diffusion priors (pipelines with a `unet` and a `scheduler`) other than `exclude`; with `exclude` a
+    bundled pipeline, only the pixel priors of its image size and channels (an encoder guides a prior of the same data
+    in the same space; a latent prior is not offered to swap: it works in its own autoencoder's latents)."""
+    target = _prior_space(exclude) if exclude in BUNDLED else None
     priors = []
     for name in BUNDLED:
-        index = os.path.join(PRETRAINED_DIR, name, "model_index.json")
-        if name == exclude or not os.path.isfile(index):
+        space = _prior_space(name)
+        if name == exclude or space is None or space[0] or (target is not None and space != target):
             continue
-        with open(index) as f:
-            components = json.load(f)
-        if "unet" in components and "scheduler" in components:
-            priors.append(name)
+        priors.append(name)
     return priors
 
 
@@ -127,6 +144,15 @@ def prepare_image(image, image_shape: tuple[int, int, int]) -> tuple[PIL.Image.I
         background = PIL.Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = PIL.Image.alpha_composite(background, image).convert("RGB")
         notes.append("transparent pixels put on black")
+    pad_x, pad_y = width - image.size[0], height - image.size[1]
+    if 0 <= pad_x <= width // 8 and 0 <= pad_y <= height // 8 and (pad_x, pad_y) != (0, 0):
+        # a little smaller (28×28 Fashion-MNIST for a 32×32 latent pipeline): pad with black around it, the rule the
+        # latent bundle was trained with (`data.pad_images`), instead of enlarging the object
+        notes.append(f"padded from {image.size[0]}×{image.size[1]} to {width}×{height} with black")
+        image = image.convert("RGB") if image.mode == "P" else image  # a palette's index 0 need not be black
+        framed = PIL.Image.new(image.mode, (width, height), 0)
+        framed.paste(image, (pad_x // 2, pad_y // 2))
+        image = framed
     if image.size != (width, height):
         kept = image.size[0] * height == image.size[1] * width
         notes.append(
@@ -375,7 +401,7 @@ def reconstruct(
     originals = original.expand(num_decodes, *original.shape[1:])
 
     metrics = {"scorevae": reconstruction_metrics(original, decodes[:1], models.classifier)}
-    metrics["scorevae"]["kl"] = kl_rate(models.pipe.encoder, original).item()
+    metrics["scorevae"]["kl"] = kl_rate(models.pipe.encoder, original, vae=getattr(models.pipe, "vae", None)).item()
     if num_decodes > 1:
         metrics["scorevae"].update(same_code_metrics(original, decodes[:, None]))
         metrics["scorevae"]["class_kept"] = _class_kept(models.classifier, originals, decodes)
@@ -535,6 +561,8 @@ def swap_prior(
     num_inference_steps, guidance_scale = _decode_settings(num_inference_steps, guidance_scale)
     _check_settings(num_inference_steps, guidance_scale, seed, codes=(num_codes, 1, MAX_IMAGES))
     choices = bundled_priors(exclude=models.name)
+    if not choices:
+        raise ValueError(f"No other bundled prior models the space of {models.name!r}: nothing to swap in.")
     if prior not in choices:
         raise ValueError(f"prior {prior!r} is not a bundled prior other than {models.name!r}; choose from {choices}.")
     rows = {}

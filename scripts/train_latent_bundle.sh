@@ -63,10 +63,10 @@ else
   ENCODER_ARGS="--train_batch_size 128 --learning_rate 2e-4 --use_ema --max_train_steps ${ENCODER_STEPS:-1500} \
     --checkpointing_steps 250"
   EVAL_IMAGES=${EVAL_IMAGES:-10000}
-  EVAL_STEPS=${EVAL_STEPS:-25}
-  EVAL_BATCH=${EVAL_BATCH:-256}
+  EVAL_STEPS=${EVAL_STEPS:-50}
+  EVAL_BATCH=${EVAL_BATCH:-500}
 fi
-EVAL_SCHEDULER=${EVAL_SCHEDULER:-ddim}
+EVAL_SCHEDULER=${EVAL_SCHEDULER:-ddpm}
 EVAL_GUIDANCE=${EVAL_GUIDANCE:-2.0}
 if [ -n "$DATASET_NAME" ]; then
   DATA_ARGS="--dataset_name $DATASET_NAME"

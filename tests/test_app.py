@@ -39,6 +39,13 @@ def test_prepare_image_converts_any_image_and_says_how():
     picture, note = app.prepare_image(bundled, (1, 28, 28))
     assert note == "used as is" and np.array_equal(np.asarray(picture), np.asarray(bundled))
 
+    # a 28×28 image for a 32×32 (latent) pipeline is framed with black, as the latent bundle was trained, not enlarged
+    picture, note = app.prepare_image(bundled, (1, 32, 32))
+    assert note == "padded from 28×28 to 32×32 with black" and picture.size == (32, 32)
+    assert np.array_equal(np.asarray(picture), np.pad(np.asarray(bundled), 2))
+    picture, note = app.prepare_image(PIL.Image.new("RGB", (16, 16), (255, 0, 0)), (1, 32, 32))
+    assert note.startswith("resized from 16×16 to 32×32")  # far smaller: resized as before
+
     # 16-bit grayscale is scaled to 8 bits (not clipped to white), a float array in [0, 1] is read as such
     sixteen = PIL.Image.fromarray(np.full((56, 56), 32768, dtype=np.uint16))
     picture, note = app.prepare_image(sixteen, (1, 28, 28))

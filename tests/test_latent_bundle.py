@@ -1,6 +1,7 @@
 """The tooling of the latent Fashion-MNIST bundle: the AutoencoderKL script, the latent modes of the prior and β-VAE
-scripts, the teacher check of the encoder script, the pad / crop rule of the evaluation (pixel pipelines unchanged), the
-unbuilt bundle's error, and scripts/train_latent_bundle.sh rehearsed with TINY=1 on synthetic data."""
+scripts, the teacher check of the encoder script, the pad / crop rule of the evaluation (pixel pipelines unchanged),
+the shipped bundle, the missing bundle's error, and scripts/train_latent_bundle.sh rehearsed with TINY=1 on synthetic
+data."""
 
 import json
 import os
@@ -122,7 +123,9 @@ def test_prior_and_beta_vae_latent_modes(tmp_path):
     assert isinstance(load_autoencoder(os.path.join(beta_vae, "vae")), AutoencoderKL)
     train_scorevae_encoder.check_teacher_matches_unet(teacher, unet, beta_vae)  # the latent teacher fits
     pixel_teacher = BetaVAE(sample_size=28, in_channels=1, latent_dim=4, block_out_channels=(8, 16))
-    with pytest.raises(ValueError, match=r"reads \(in_channels, sample_size\) = \(1, 28\) but the prior's UNet models"):
+    with pytest.raises(
+        ValueError, match=r"reads \(in_channels, sample_size\) = \(1, 28\) but the prior's UNet models"
+    ):
         train_scorevae_encoder.check_teacher_matches_unet(pixel_teacher, unet, "pixel-beta-vae")
 
 
@@ -143,7 +146,9 @@ def test_beta_vae_init_model_retunes_beta_from_saved_weights(tmp_path):
     latent = str(tmp_path / "latent")
     BetaVAE(sample_size=8, in_channels=4, latent_dim=4, block_out_channels=(8, 16)).save_pretrained(latent)
     with pytest.raises(ValueError, match=r"--init_model .* models \(in_channels, sample_size\) = \(4, 8\)"):
-        train_beta_vae.main(train_beta_vae.parse_args(args + ["--init_model", latent, "--output_dir", str(tmp_path / "x")]))
+        train_beta_vae.main(
+            train_beta_vae.parse_args(args + ["--init_model", latent, "--output_dir", str(tmp_path / "x")])
+        )
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -157,7 +162,9 @@ def test_pad_and_crop_rule():
     assert padded[..., :2, :].abs().sum() == 0 and padded[..., :, -2:].abs().sum() == 0  # black borders
     uint8 = (images[:, 0] * 255).round().byte().numpy()  # the numpy rule of the training scripts agrees
     exact = torch.from_numpy(uint8).float()[:, None] / 255
-    np.testing.assert_array_equal(pad_images(uint8, 32), (center_pad(exact, 32, 32)[:, 0] * 255).round().byte().numpy())
+    np.testing.assert_array_equal(
+        pad_images(uint8, 32), (center_pad(exact, 32, 32)[:, 0] * 255).round().byte().numpy()
+    )
     with pytest.raises(ValueError, match="never resized"):
         center_pad(images, 24, 24)
     with pytest.raises(ValueError, match="never resized"):
@@ -191,7 +198,9 @@ def test_latent_pipeline_gets_28x28_metrics():
     assert torch.equal(decodes[0], center_crop(direct, 28, 28))
     # the rate is the encoder's KL on the autoencoder's latents of the padded images
     rate = kl_rate(pipe.encoder, padded, vae=pipe.vae)
-    mean, logvar = pipe.encoder(vae_encode(pipe.vae, padded * 2 - 1), pipe.encoder.config.clean_log_snr, return_dict=False)
+    mean, logvar = pipe.encoder(
+        vae_encode(pipe.vae, padded * 2 - 1), pipe.encoder.config.clean_log_snr, return_dict=False
+    )
     expected = 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=1)
     torch.testing.assert_close(rate, expected, rtol=1e-5, atol=1e-5)
     assert autoencoder_reconstruct(pipe, images).shape == (3, 1, 28, 28)
@@ -212,17 +221,45 @@ def test_demo_with_a_latent_pipeline_reports_28x28_metrics_and_the_floor(tmp_pat
     assert "autoencoder" in capsys.readouterr().out
 
 
+def test_shipped_latent_bundle_loads_reconstructs_and_is_not_offered_as_a_pixel_prior():
+    from diffusers_scorevae import app, bundled
+    from diffusers_scorevae.metrics import l2
+
+    pipe = ScoreVAEPipeline.from_pretrained(bundled.pretrained_path("fashion-mnist-latent"))
+    pipe.set_progress_bar_config(disable=True)
+    assert isinstance(pipe.vae, AutoencoderKL) and pipe.image_shape == (1, 32, 32) and pipe.latent_shape == (4, 8, 8)
+    assert pipe.scheduler.config.clip_sample is False  # latents are not confined to [-1, 1]
+    images = torch.from_numpy(bundled.bundled_test_images()[0][:4]).float()[:, None] / 255
+    padded = center_pad(images, 32, 32)
+    # the shipped autoencoder is the floor: its round trip is far closer than a blank image
+    floor = l2(images, center_crop(autoencoder_reconstruct(pipe, padded), 28, 28))
+    assert floor.mean() < 0.5 * l2(images, torch.zeros_like(images)).mean()
+    codes = pipe.encode(padded)
+    assert codes.shape == (4, pipe.encoder.config.latent_dim) and torch.isfinite(codes).all()
+    out = pipe(latent_codes=codes, num_inference_steps=3, guidance_scale=2.0, output_type="pt",
+               generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert out.images.shape == (4, 1, 32, 32) and torch.isfinite(out.images).all()
+    # swapping priors: a latent prior models another space, so neither side is offered the other
+    assert app.bundled_priors(exclude="fashion-mnist") == ["fashion-mnist-prior-large"]
+    assert app.bundled_priors(exclude="fashion-mnist-latent") == []
+    assert app.available_pipelines() == ["fashion-mnist", "fashion-mnist-latent"]
+    # the app, which offers it: a 28×28 image is framed with black (not enlarged); the rate is the KL on the latents
+    models = app.load_models("fashion-mnist-latent", device="cpu")
+    result = app.reconstruct(models, images[0, 0].numpy(), num_inference_steps=2)
+    assert result.note == "padded from 28×28 to 32×32 with black" and result.reconstructions.shape == (1, 1, 32, 32)
+    assert result.metrics["scorevae"]["kl"] > 0
+
+
 def test_unbuilt_bundle_is_a_clear_error(tmp_path, monkeypatch, capsys):
     from diffusers_scorevae import bundled
     from diffusers_scorevae.cli import main
 
     shutil.copy(os.path.join(bundled.PRETRAINED_DIR, "fashion-mnist-test-images.npz"), tmp_path)
     monkeypatch.setattr(bundled, "PRETRAINED_DIR", str(tmp_path))  # a package without the built bundle
-    with pytest.raises(FileNotFoundError, match="not built.*scripts/train_latent_bundle.sh"):
+    with pytest.raises(FileNotFoundError, match="not in this installation.*scripts/train_latent_bundle.sh"):
         bundled.pretrained_path("fashion-mnist-latent")
     assert main(["demo", "--pipeline", "fashion-mnist-latent", "--device", "cpu"]) == 2
     assert "train_latent_bundle.sh" in capsys.readouterr().err
-    assert "fashion-mnist-latent" not in bundled.BUNDLED
 
 
 # ---------------------------------------------------------------------------------------------------------------------
