@@ -13,7 +13,8 @@ euler-a (Euler ancestral), heun, kdpm2, kdpm2-a. An option is `clip` / `noclip` 
 `eta=X` (DDIM's η, passed to the pipeline), `power=P` (custom timesteps floor(T·(k/N)^P), k = N-1 … 0, passed to the
 pipeline as `timesteps`: P > 1 puts more steps at low noise) or `key=value`, a scheduler config override (value parsed
 as a Python literal, e.g. `thresholding=True`, `solver_order=3`, `use_karras_sigmas=True`); otherwise the saved config
-is used as is. Each setting reports `model_evals`, the UNet evaluations per image that its decode made (Heun makes two per step).
+is used as is. Each setting reports `model_evals`, the UNet evaluations per image that its decode made (Heun makes two
+per step).
 `--prior FOLDER` decodes every pipeline's encoder with another prior (unet/ + scheduler/) instead of its own.
 `--num_samples_per_code K` (K >= 2) decodes each code K times: `l2` stays the first decode's, `l2_mean_of_k` is the L2
 of the mean of the K decodes (the MMSE proxy) and `l2_between_decodes` the L2 between two decodes of the same code.
@@ -67,6 +68,13 @@ def parse_args(input_args=None):
     parser.add_argument("--classifier", type=str, default=None)
     parser.add_argument("--fashion_mnist_dir", type=str, default=FASHION_MNIST_DIR)
     parser.add_argument("--num_images", type=int, default=1000, help="First N test images.")
+    parser.add_argument(
+        "--first_image",
+        type=int,
+        default=0,
+        help="Start at this test image (with the noise seeds a run from image 0 would give it, so two runs over "
+        "[0, K) and [K, N) are one run over [0, N) when K is a multiple of --batch_size).",
+    )
     parser.add_argument("--batch_size", type=int, default=500)
     parser.add_argument("--settings", nargs="+", default=["ddim:50:1"])
     parser.add_argument("--seed", type=int, default=0)
@@ -139,11 +147,15 @@ def main(args):
 
     device = torch.device(args.device)
     images, labels = load_fashion_mnist("test", data_dir=args.fashion_mnist_dir)
-    originals = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
+    if not 0 <= args.first_image < len(images):
+        raise ValueError(f"`--first_image` must be in [0, {len(images)}), got {args.first_image}.")
+    chosen = images[args.first_image : args.first_image + args.num_images]
+    originals = torch.from_numpy(chosen).float()[:, None] / 255.0
     classifier = FashionMNISTClassifier.from_pretrained(args.classifier).to(device).eval() if args.classifier else None
     fd = classifier is not None
     results = {
         "num_images": len(originals),
+        "first_image": args.first_image,
         "num_samples_per_code": args.num_samples_per_code,
         "guidance_log_snr_range": args.guidance_log_snr_range,
         "originals": {"sharpness": reconstruction_metrics(originals, originals)["sharpness"]},
@@ -180,7 +192,7 @@ def main(args):
                 args.batch_size,
                 steps,
                 gamma,
-                seed=args.seed,
+                seed=args.seed + args.first_image,  # scorevae_decode_samples seeds each batch seed + its start
                 num_samples_per_code=args.num_samples_per_code,
                 progress=False,
                 guidance_log_snr_range=args.guidance_log_snr_range,
@@ -204,7 +216,10 @@ def main(args):
 
                 stem = os.path.splitext(args.output)[0]
                 n = args.save_reconstructions
-                save_rows([originals[:n], reconstructions[:n]], f"{stem}-{os.path.basename(path)}-{setting.replace(':', '_')}.png")
+                save_rows(
+                    [originals[:n], reconstructions[:n]],
+                    f"{stem}-{os.path.basename(path)}-{setting.replace(':', '_')}.png",
+                )
 
         hook.remove()
 

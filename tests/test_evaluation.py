@@ -143,6 +143,14 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["clip_sample"] is False
     assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["l2"] != entry["l2"]  # η = 1 is another sampler
     assert runs["ddpm:3:1:noclip,power=2"]["model_evals"] == 3  # custom timesteps 444, 111, 0
+    # a later slice of the test set: its own images, the noise seeds a run from image 0 would give them
+    count = len(bundled_test_images()[0])
+    with pytest.raises(ValueError, match="--first_image"):
+        evaluate_scorevae.main(
+            evaluate_scorevae.parse_args(
+                ["--pipelines", pipeline, "--output", str(output), "--first_image", str(count)]
+            )
+        )
 
 
 def test_evaluate_scorevae_settings():
@@ -150,7 +158,11 @@ def test_evaluate_scorevae_settings():
     assert parse("ddpm:50:2") == ("ddpm", 50, 2.0, {}, {})
     assert parse("ddim:25:1.5:noclip,eta=0.5") == ("ddim", 25, 1.5, {"clip_sample": False}, {"eta": 0.5})
     assert parse("dpm:20:2:algorithm_type=sde-dpmsolver++,solver_order=2") == (
-        "dpm", 20, 2.0, {"algorithm_type": "sde-dpmsolver++", "solver_order": 2}, {}
+        "dpm",
+        20,
+        2.0,
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
+        {},
     )
     assert parse("ddpm:4:2:noclip,power=2") == ("ddpm", 4, 2.0, {"clip_sample": False}, {"power": 2})
     # power 1 is diffusers' "leading" grid; power 2 moves steps to low noise; repeats at the low end merge
