@@ -22,14 +22,12 @@
 # Debian's /usr/share/datasets/fashion-mnist) or DATASET_NAME (e.g. zalando-datasets/fashion_mnist, from the Hub),
 # EVAL_IMAGES (0: stop after assembling) / EVAL_STEPS / EVAL_SCHEDULER / EVAL_GUIDANCE / EVAL_BATCH, and the step counts below.
 #
-# Full-size estimate, measured here with OMP_NUM_THREADS=1 on the shared 2-core machine (a few dozen steps of each
-# stage at full size on the full training set, `s/step` from the scripts' logs): autoencoder 0.52 s/step (batch 64,
-# 16,32,64 channels) x 1000 = 9 min, + ~1.5 min for the scaling factor and the test L2 of 10,000 images; encoding the
-# 60,000 padded images through the autoencoder (0.87 ms/image) in each of stages 2-4: ~3 min; prior 0.49 s/step
-# (batch 128, 4.4M parameters) x 1200 = 10 min; beta-VAE 0.18 s/step x 1500 = 4.5 min; encoder 0.125 s/step x 1500 =
-# 3 min; evaluation 2.8 ms per image and step (batch 256) x 10,000 test images x 25 DDIM steps = 12 min. About 43
-# minutes in all (the DDPM 250 of the pixel bundle's table would take 2 hours on 10,000 images: EVAL_IMAGES=500
-# EVAL_STEPS=250 EVAL_SCHEDULER=ddpm is ~6 minutes). Two threads (OMP_NUM_THREADS=2) should take less.
+# Full size, as the shipped bundle was built (OMP_NUM_THREADS=1 on the shared 2-core machine, another job on the other
+# core; WORK/<stage>.seconds): autoencoder 2,000 steps (batch 64, 16,32,64 channels) 20 min, with its scaling factor
+# and the test L2 of 10,000 images; prior 2,400 steps (batch 128, 4.4M parameters, EMA) 23 min; beta-VAE 1,500 steps
+# 6 min; encoder 3,000 steps 8 min (each of stages 2-4 first encodes the 60,000 padded images through the autoencoder);
+# assembling 6 s: 57 minutes in all. The evaluation (the command's decode, DDPM 50, gamma 2, batch 500) of the 10,000
+# test images: about 20 minutes more. The step counts are AE_STEPS, PRIOR_STEPS, BETA_VAE_STEPS, ENCODER_STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,13 +52,13 @@ else
   WORK=${WORK:-runs/latent-bundle}
   DEST=${DEST:-diffusers_scorevae/pretrained/fashion-mnist-latent}
   SAMPLES=""
-  AE_ARGS="--block_out_channels 16,32,64 --reconstruction_loss l2 --train_batch_size 64 --max_train_steps ${AE_STEPS:-1000} \
+  AE_ARGS="--block_out_channels 16,32,64 --reconstruction_loss l2 --train_batch_size 64 --max_train_steps ${AE_STEPS:-2000} \
     --checkpointing_steps 100"
   PRIOR_ARGS="--block_out_channels 64,128,128 --layers_per_block 1 --attention_levels 2 --attention_head_dim 32 \
-    --train_batch_size 128 --max_train_steps ${PRIOR_STEPS:-1200} --checkpointing_steps 200 --use_ema"
+    --train_batch_size 128 --max_train_steps ${PRIOR_STEPS:-2400} --checkpointing_steps 200 --use_ema"
   BETA_VAE_ARGS="--block_out_channels 64,128,128 --latent_dim 32 --beta 0.01 --train_batch_size 128 \
     --max_train_steps ${BETA_VAE_STEPS:-1500} --checkpointing_steps 250"
-  ENCODER_ARGS="--train_batch_size 128 --learning_rate 2e-4 --use_ema --max_train_steps ${ENCODER_STEPS:-1500} \
+  ENCODER_ARGS="--train_batch_size 128 --learning_rate 2e-4 --use_ema --max_train_steps ${ENCODER_STEPS:-3000} \
     --checkpointing_steps 250"
   EVAL_IMAGES=${EVAL_IMAGES:-10000}
   EVAL_STEPS=${EVAL_STEPS:-50}
