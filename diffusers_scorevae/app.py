@@ -480,7 +480,7 @@ def interpolate_strips(
             guidance_scale=float(guidance_scale),
             generator=torch.Generator().manual_seed(int(seed)),
             scale=DISPLAY_SCALE // 2,
-            guidance_log_snr_range=cli.DEFAULT_GUIDANCE_LOG_SNR_RANGE,
+            guidance_log_snr_range=cli.DEFAULT_INTERPOLATE_LOG_SNR_RANGE,
         )
     return grid, f"A: {note_a}; B: {note_b}"
 

@@ -11,7 +11,7 @@ import PIL.Image
 import pytest
 import torch
 
-from diffusers_scorevae import BetaVAE, FashionMNISTClassifier, ScoreVAEPipeline, pretrained_path
+from diffusers_scorevae import BetaVAE, FashionMNISTClassifier, ScoreVAEPipeline, cli, pretrained_path
 from diffusers_scorevae.bundled import bundled_test_images
 from diffusers_scorevae.cli import main
 
@@ -75,6 +75,26 @@ def test_reconstruct_own_images_and_errors(tmp_path, capsys):
 def test_console_script_help():
     result = subprocess.run([sys.executable, "-m", "diffusers_scorevae.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "demo" in result.stdout and "reconstruct" in result.stdout
+
+
+def test_interpolate_default_range_inverts_the_bundled_encoder_without_diverging():
+    # the command's z+xT row starts from DDIM-inverted noise: at its default range that noise must look like N(0, I)
+    # and decode back to the images (guided at every step from log-SNR -6 it diverges: x_T std ~7, L2 ~17)
+    from diffusers import DDIMScheduler
+
+    from diffusers_scorevae.metrics import l2
+
+    pipe = ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist"))
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
+    pipe.set_progress_bar_config(disable=True)
+    images = torch.from_numpy(bundled_test_images()[0][:4]).float()[:, None] / 255
+    settings = dict(
+        num_inference_steps=50, guidance_scale=2.0, guidance_log_snr_range=cli.DEFAULT_INTERPOLATE_LOG_SNR_RANGE
+    )
+    inverted = pipe.invert(images, **settings)
+    assert inverted.latents.flatten(1).std(dim=1).max() < 1.2
+    decoded = pipe(latent_codes=inverted.latent_codes, latents=inverted.latents, output_type="pt", **settings).images
+    assert l2(images, decoded).mean() < 1.5
 
 
 def test_interpolate_writes_a_grid(tmp_path):
@@ -156,6 +176,9 @@ def test_guidance_log_snr_range_flag_reaches_every_decode(tmp_path, monkeypatch,
     interpolate = ["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--num-points", "2"]
     assert main(interpolate + ["--num-inference-steps", "2", "--output", str(tmp_path / "grid.png"), *flag]) == 0
     assert seen[-2:] == [(-100.0, 2.5)] * 2  # the decodes of both rows
+    # without the flag, interpolate guides only at log-SNR >= 2, where the encoder's DDIM inversion does not diverge
+    assert main(interpolate + ["--num-inference-steps", "2", "--output", str(tmp_path / "grid.png")]) == 0
+    assert seen[-2:] == [cli.DEFAULT_INTERPOLATE_LOG_SNR_RANGE] * 2 == [(2.0, float("inf"))] * 2
 
     assert main(args + ["--guidance-log-snr-range", "3", "1"]) == 2  # low > high: the pipeline's ValueError
     assert "guidance_log_snr_range" in capsys.readouterr().err
