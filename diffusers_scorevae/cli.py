@@ -306,11 +306,12 @@ def _print_metrics(metrics: dict):
 def _log_snr_range(args) -> tuple[float, float]:
     """The decode's guidance_log_snr_range: the flag's, else the command's default."""
     if args.guidance_log_snr_range is None:
-        return getattr(args, "default_log_snr_range", DEFAULT_GUIDANCE_LOG_SNR_RANGE)
+        return args.default_log_snr_range
     return tuple(args.guidance_log_snr_range)
 
 
 def _add_decoding_args(parser, default_output=None, log_snr_range=DEFAULT_GUIDANCE_LOG_SNR_RANGE):
+    parser.set_defaults(default_log_snr_range=log_snr_range)  # what `_log_snr_range` returns without the flag
     parser.add_argument("--pipeline", default="fashion-mnist", help="Bundled name, folder or Hub id of the pipeline.")
     parser.add_argument("--prior", default=None, help="Decode with this prior instead (bundled name, folder or Hub id).")
     parser.add_argument("--num-inference-steps", type=int, default=DEFAULT_STEPS)
@@ -384,9 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("--num-points", type=int, default=8)
     interpolate.add_argument("--output", required=True, help="PNG file for the labelled grid.")
     _add_decoding_args(interpolate, log_snr_range=DEFAULT_INTERPOLATE_LOG_SNR_RANGE)
-    interpolate.set_defaults(
-        func=cmd_interpolate, num_inference_steps=50, default_log_snr_range=DEFAULT_INTERPOLATE_LOG_SNR_RANGE
-    )
+    interpolate.set_defaults(func=cmd_interpolate, num_inference_steps=50)
 
     reconstruct = sub.add_parser("reconstruct", help="Reconstruct your own images (sized like the pipeline's prior).")
     reconstruct.add_argument("images", nargs="+")

@@ -180,7 +180,6 @@ def main(args):
             name, steps, gamma, overrides, pipeline_kwargs = parse_setting(setting)
             pipe.scheduler = make_scheduler(name, base_config, overrides)
             if "power" in pipeline_kwargs:  # custom timesteps, denser at low noise for power > 1
-                pipeline_kwargs = dict(pipeline_kwargs)
                 pipeline_kwargs["timesteps"] = power_timesteps(
                     pipe.scheduler.config.num_train_timesteps, steps, pipeline_kwargs.pop("power")
                 )
