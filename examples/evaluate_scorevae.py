@@ -20,6 +20,8 @@ per step).
 of the mean of the K decodes (the MMSE proxy) and `l2_between_decodes` the L2 between two decodes of the same code.
 `--guidance_log_snr_range LOW HIGH` applies the encoder term only at steps whose log-SNR lies in [LOW, HIGH], in every
 setting (see `ScoreVAEPipeline.__call__`).
+`--save_decodes` keeps every setting's decodes; `scripts/merge_evaluations.py` joins runs over consecutive slices
+(`--first_image`, e.g. one per CPU core) into the run over the whole range, Fréchet distance included.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import os
 import time
 
 import diffusers
+import numpy as np
 import torch
 
 from diffusers_scorevae import ScoreVAEPipeline
@@ -91,6 +94,12 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--output", type=str, required=True, help="JSON file to write.")
     parser.add_argument("--save_reconstructions", type=int, default=0, help="Also save the first N as a PNG grid.")
+    parser.add_argument(
+        "--save_decodes",
+        action="store_true",
+        help="Also save every setting's decodes (K, N, C, H, W) as float32 .npy next to --output, for "
+        "scripts/merge_evaluations.py to join runs over consecutive slices of the test set.",
+    )
     parser.add_argument("--device", type=str, default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args(input_args)
     if args.guidance_log_snr_range is not None:
@@ -103,7 +112,7 @@ def parse_args(input_args=None):
 
 
 def parse_setting(setting: str):
-    """`scheduler:steps:guidance_scale[:option,...]` -> (scheduler name, steps, γ, config overrides, pipeline kwargs)."""
+    """`scheduler:steps:guidance_scale[:option,...]` -> (scheduler, steps, γ, config overrides, pipeline kwargs)."""
     parts = setting.split(":")
     if len(parts) not in (3, 4):
         raise ValueError(f"setting {setting!r} must be scheduler:steps:guidance_scale[:option,option,...].")
@@ -135,6 +144,16 @@ def power_timesteps(num_train_timesteps: int, steps: int, power: float) -> list[
     return sorted(grid, reverse=True)
 
 
+def output_stem(output: str, pipeline: str, setting: str) -> str:
+    """`{output without .json}-{pipeline folder name}-{setting with : as _}`: where a setting's extra files go."""
+    name = os.path.basename(os.path.normpath(pipeline))
+    return f"{os.path.splitext(output)[0]}-{name}-{setting.replace(':', '_')}"
+
+
+def decodes_path(output: str, pipeline: str, setting: str) -> str:
+    return output_stem(output, pipeline, setting) + "-decodes.npy"
+
+
 def make_scheduler(name: str, config, overrides: dict | None = None):
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler {name!r} is not one of {sorted(SCHEDULERS)}.")
@@ -156,6 +175,12 @@ def main(args):
     results = {
         "num_images": len(originals),
         "first_image": args.first_image,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "fashion_mnist_dir": args.fashion_mnist_dir,
+        "beta_vae_path": args.beta_vae,
+        "classifier": args.classifier,
+        "prior": args.prior,
         "num_samples_per_code": args.num_samples_per_code,
         "guidance_log_snr_range": args.guidance_log_snr_range,
         "originals": {"sharpness": reconstruction_metrics(originals, originals)["sharpness"]},
@@ -206,6 +231,10 @@ def main(args):
             entry["seconds"] = seconds
             entry["model_evals"] = sum(unet_calls) / (len(originals) * args.num_samples_per_code)
             entry["clip_sample"] = pipe.scheduler.config.get("clip_sample")
+            if args.save_decodes:
+                target = decodes_path(args.output, path, setting)
+                np.save(target, decodes.numpy(), allow_pickle=False)
+                entry["decodes"] = os.path.basename(target)  # next to the JSON
             results.setdefault("scorevae", {}).setdefault(path, {})[setting] = entry
             print(path, setting, entry, flush=True)
             with open(args.output, "w") as f:  # after every setting, so an interrupted run keeps what it measured
@@ -213,12 +242,8 @@ def main(args):
             if args.save_reconstructions:
                 from diffusers_scorevae.visualization import save_rows
 
-                stem = os.path.splitext(args.output)[0]
                 n = args.save_reconstructions
-                save_rows(
-                    [originals[:n], reconstructions[:n]],
-                    f"{stem}-{os.path.basename(path)}-{setting.replace(':', '_')}.png",
-                )
+                save_rows([originals[:n], reconstructions[:n]], output_stem(args.output, path, setting) + ".png")
 
         hook.remove()
 

@@ -26,7 +26,7 @@
 # core; WORK/<stage>.seconds): autoencoder 2,000 steps (batch 64, 16,32,64 channels) 20 min, with its scaling factor
 # and the test L2 of 10,000 images; prior 2,400 steps (batch 128, 4.4M parameters, EMA) 23 min; beta-VAE 1,500 steps
 # 6 min; encoder 3,000 steps 8 min (each of stages 2-4 first encodes the 60,000 padded images through the autoencoder);
-# assembling 6 s: 57 minutes in all. The evaluation (the command's decode, DDPM 50, gamma 2, batch 500) of the 10,000
+# assembling 6 s: 57 minutes in all. The evaluation (DDPM 50, gamma 2, this bundle's best, batch 500) of the 10,000
 # test images: about 20 minutes more. The step counts are AE_STEPS, PRIOR_STEPS, BETA_VAE_STEPS, ENCODER_STEPS.
 set -euo pipefail
 cd "$(dirname "$0")/.."

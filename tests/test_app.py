@@ -152,13 +152,13 @@ def test_interpolate_sample_and_swap_prior(models):
 def test_page_defaults_follow_the_command(models, monkeypatch):
     pytest.importorskip("gradio")
     monkeypatch.setattr(cli, "DEFAULT_STEPS", 123)
-    monkeypatch.setattr(cli, "DEFAULT_GUIDANCE", 3.5)
+    monkeypatch.setattr(cli, "DEFAULT_GUIDANCE", 2.75)
     demo = app.build_demo(models=models)
     values = {b.elem_id: getattr(b, "value", None) for b in demo.blocks.values() if getattr(b, "elem_id", None)}
     assert values["reconstruct-steps"] == values["sample-steps"] == values["swap-steps"] == 123
     assert values["interpolate-steps"] == app.command_defaults("interpolate")["num_inference_steps"]
     guidance = [b.value for b in demo.blocks.values() if getattr(b, "label", None) == "γ (guidance scale)"]
-    assert guidance == [3.5] * 4
+    assert guidance == [2.75] * 4
     tabs = [b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"]
     assert tabs == ["Reconstruct", "Interpolate", "Sample", "Swap prior"]
     # the four decodes share one queue slot (one decode at a time; the rest wait), and each has a Stop

@@ -125,8 +125,9 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     pipeline = pretrained_path("fashion-mnist")
     args = evaluate_scorevae.parse_args(
         ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
-         "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3", "--settings", "ddim:2:1", "heun:2:1:noclip",
-         "ddim:2:1:eta=1.0,clip_sample=False", "ddpm:3:1:noclip,power=2", "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
+         "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3",
+         "--settings", "ddim:2:1", "heun:2:1:noclip", "ddim:2:1:eta=1.0,clip_sample=False", "ddpm:3:1:noclip,power=2",
+         "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
          "--guidance_log_snr_range", "-100", "inf"]
     )  # fmt: skip
     evaluate_scorevae.main(args)
@@ -176,3 +177,48 @@ def test_evaluate_scorevae_settings():
             parse(bad)
     with pytest.raises(ValueError, match="--num_samples_per_code"):
         evaluate_scorevae.parse_args(["--pipelines", "p", "--output", "x.json", "--num_samples_per_code", "0"])
+
+
+def test_merge_evaluations_joins_slices_into_the_whole_run(tmp_path, monkeypatch):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    import merge_evaluations
+
+    loader = lambda split, data_dir=None: bundled_test_images()  # noqa: E731
+    monkeypatch.setattr(evaluate_scorevae, "load_fashion_mnist", loader)
+    monkeypatch.setattr(merge_evaluations, "load_fashion_mnist", loader)
+    pipeline = pretrained_path("fashion-mnist")
+
+    def run(name, first, count, settings=("ddpm:2:1.5:noclip", "ddim:2:1")):
+        output = tmp_path / name / "results.json"
+        output.parent.mkdir()
+        args = evaluate_scorevae.parse_args(
+            ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
+             "--classifier", pretrained_path("fashion-mnist-classifier"), "--first_image", str(first),
+             "--num_images", str(count), "--batch_size", "4", "--settings", *settings, "--num_samples_per_code", "2",
+             "--output", str(output), "--device", "cpu", "--save_decodes"]
+        )  # fmt: skip
+        evaluate_scorevae.main(args)
+        return str(output)
+
+    whole = json.load(open(run("whole", 2, 12)))
+    parts = [run("a", 2, 4), run("b", 6, 8)]
+    saved = whole["scorevae"][pipeline]["ddpm:2:1.5:noclip"]["decodes"]
+    assert saved.endswith("-decodes.npy") and os.path.isfile(tmp_path / "whole" / saved)
+    monkeypatch.chdir(tmp_path / "a")  # decodes are found next to each JSON, wherever the merge runs
+    merged = merge_evaluations.merge(parts[::-1])
+    assert (merged["first_image"], merged["num_images"]) == (2, 12)
+    for key in ("l2", "psnr", "ssim", "sharpness", "class_kept", "fd", "kl"):
+        assert merged["beta_vae"][key] == pytest.approx(whole["beta_vae"][key], rel=1e-5), key
+    for setting, entry in whole["scorevae"][pipeline].items():
+        for key in ("l2", "psnr", "ssim", "sharpness", "class_kept", "fd", "kl", "model_evals", "l2_mean_of_k"):
+            assert merged["scorevae"][pipeline][setting][key] == pytest.approx(entry[key], rel=1e-5), (setting, key)
+    # the Fréchet distance is recomputed on all the images, not averaged over the slices
+    halves = [json.load(open(p))["scorevae"][pipeline]["ddim:2:1"]["fd"] for p in parts]
+    assert merged["scorevae"][pipeline]["ddim:2:1"]["fd"] != pytest.approx((halves[0] + 2 * halves[1]) / 3)
+
+    with pytest.raises(ValueError, match="not consecutive"):
+        merge_evaluations.merge([parts[0], run("c", 8, 4)])
+    with pytest.raises(ValueError, match="multiple of the batch size"):
+        merge_evaluations.merge([run("d", 2, 2), run("e", 4, 4)])
+    with pytest.raises(ValueError, match="different pipelines or settings"):
+        merge_evaluations.merge([parts[0], run("f", 6, 4, settings=("ddim:2:1",))])
