@@ -224,9 +224,14 @@ def main(args):
             raise RuntimeError(f"the UNet has {unet_params} parameters, not google/ddpm-cifar10-32's 35.7M")
     else:
         args.latent_dim = pipe.encoder.config.latent_dim
-        print(f"pipeline {args.pipeline}: UNet {unet_params / 1e6:.2f}M, encoder {encoder_params / 1e6:.2f}M parameters")
+        print(
+            f"pipeline {args.pipeline}: UNet {unet_params / 1e6:.2f}M, encoder {encoder_params / 1e6:.2f}M parameters"
+        )
     scheduler_name = type(pipe.scheduler).__name__
-    print(f"scheduler: {scheduler_name}, {args.num_inference_steps} steps, batch {args.batch_size}, {args.repeats} repeats")
+    print(
+        f"scheduler: {scheduler_name}, {args.num_inference_steps} steps, batch {args.batch_size}, "
+        f"{args.repeats} repeats"
+    )
     pipe.scheduler.set_timesteps(args.num_inference_steps)
     log_snr_range = None if args.every_step else DEFAULT_GUIDANCE_LOG_SNR_RANGE
     guided = sum(guided_log_snr(scheduler_log_snr(pipe.scheduler, t), log_snr_range) for t in pipe.scheduler.timesteps)

@@ -117,7 +117,9 @@ def load_autoencoder(path: str):
     # the folder itself, not `subfolder=`: diffusers prefers weights at the root of a local folder over the subfolder's
     folder = os.path.join(path, subfolder) if subfolder is not None else path
     if not os.path.isfile(os.path.join(folder, "config.json")):
-        raise ValueError(f"vae path {path!r} holds neither config.json nor vae/config.json; pass a saved AutoencoderKL.")
+        raise ValueError(
+            f"vae path {path!r} holds neither config.json nor vae/config.json; pass a saved AutoencoderKL."
+        )
     class_name = diffusers.AutoencoderKL.load_config(folder).get("_class_name")
     if class_name not in ("AutoencoderKL", "VQModel"):
         raise ValueError(f"vae path {path!r} holds a {class_name}; expected {_SUPPORTED_NAMES}.")

@@ -9,7 +9,8 @@ import numpy as np
 PRETRAINED_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained")
 
 BUNDLED = {
-    "fashion-mnist": "ScoreVAEPipeline: the Fashion-MNIST prior (UNet2DModel, 28x28, 1 channel) + its ScoreVAE encoder",
+    "fashion-mnist": "ScoreVAEPipeline: the Fashion-MNIST prior (UNet2DModel, 28x28, 1 channel) + its ScoreVAE "
+    "encoder",
     "fashion-mnist-latent": "ScoreVAEPipeline on latents: AutoencoderKL (32x32 padded images -> 8x8x4 latents), a "
     "latent UNet2DModel prior and a ScoreVAE encoder on its latents",
     "fashion-mnist-prior-large": "a larger Fashion-MNIST prior (cosine schedule, v-prediction), DDPMPipeline layout",

@@ -295,9 +295,12 @@ def _print_metrics(metrics: dict):
     first = max(10, *(len(name) + 1 for name in rows))
     print(" " * first + "".join(f"{k:>{w}s}" for k, w in zip(columns, widths)))
     for name, row in rows.items():
-        print(f"{name:{first}s}" + "".join(f"{row[k]:{w}.4f}" if k in row else " " * w for k, w in zip(columns, widths)))
+        print(
+            f"{name:{first}s}" + "".join(f"{row[k]:{w}.4f}" if k in row else " " * w for k, w in zip(columns, widths))
+        )
     if "autoencoder" in metrics:
-        print(f"autoencoder: vae.decode(vae.encode(x)), the floor of the latent pipeline; metrics on the images' pixels "
+        print(f"autoencoder: vae.decode(vae.encode(x)), the floor of the latent pipeline; "
+              f"metrics on the images' pixels "
               f"(the pipeline's {metrics['image_shape']} images padded with black, decodes cropped back)")
     if metrics.get("num_samples_per_code", 1) > 1:
         k = metrics["num_samples_per_code"]
@@ -314,7 +317,9 @@ def _log_snr_range(args) -> tuple[float, float]:
 def _add_decoding_args(parser, default_output=None, log_snr_range=DEFAULT_GUIDANCE_LOG_SNR_RANGE):
     parser.set_defaults(default_log_snr_range=log_snr_range)  # what `_log_snr_range` returns without the flag
     parser.add_argument("--pipeline", default="fashion-mnist", help="Bundled name, folder or Hub id of the pipeline.")
-    parser.add_argument("--prior", default=None, help="Decode with this prior instead (bundled name, folder or Hub id).")
+    parser.add_argument(
+        "--prior", default=None, help="Decode with this prior instead (bundled name, folder or Hub id)."
+    )
     parser.add_argument("--num-inference-steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument(
@@ -343,7 +348,9 @@ def _add_decoding_args(parser, default_output=None, log_snr_range=DEFAULT_GUIDAN
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="scorevae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="scorevae", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="Reconstruct bundled Fashion-MNIST test images with ScoreVAE and the β-VAE.")
@@ -360,7 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--num-images", type=int, default=10000)
     evaluate.add_argument("--fashion-mnist-dir", default=None, help="Folder of the idx files (default: Debian's).")
-    evaluate.add_argument("--dataset-name", default=None, help="Hub dataset instead, e.g. zalando-datasets/fashion_mnist")
+    evaluate.add_argument(
+        "--dataset-name", default=None, help="Hub dataset instead, e.g. zalando-datasets/fashion_mnist"
+    )
     evaluate.add_argument("--beta-vae", default="fashion-mnist-beta-vae")
     evaluate.add_argument("--classifier", default="fashion-mnist-classifier")
     evaluate.add_argument("--output", default=None, help="Write the metrics to this JSON file.")
@@ -372,7 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
         "between two decodes of the same code (K >= 2).",
     )
     evaluate.add_argument(
-        "--bits-per-dim", action="store_true", help="Report the likelihood bounds (bits/dim) instead of reconstructions."
+        "--bits-per-dim",
+        action="store_true",
+        help="Report the likelihood bounds (bits/dim) instead of reconstructions.",
     )
     evaluate.add_argument(
         "--num-sampled-timesteps", type=int, default=None, help="Estimate the bound from this many of the T steps."
@@ -380,7 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_decoding_args(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
-    interpolate = sub.add_parser("interpolate", help="Interpolate between two images (z lerp + x_T slerp, and z alone).")
+    interpolate = sub.add_parser(
+        "interpolate", help="Interpolate between two images (z lerp + x_T slerp, and z alone)."
+    )
     interpolate.add_argument("image_a")
     interpolate.add_argument("image_b")
     interpolate.add_argument("--num-points", type=int, default=8)

@@ -136,7 +136,8 @@ def pad_images(images: np.ndarray, size: int) -> np.ndarray:
     height, width = images.shape[1:]
     if height > size or width > size:
         raise ValueError(
-            f"`size` {size} is smaller than the images ({height}x{width}); images are padded, never resized or cropped."
+            f"`size` {size} is smaller than the images ({height}x{width}); images are padded, never resized or "
+            "cropped."
         )
     top, left = (size - height) // 2, (size - width) // 2
     return np.pad(images, ((0, 0), (top, size - height - top), (left, size - width - left)), constant_values=0)

@@ -5,17 +5,17 @@
 
 The 28×28 images are padded centrally to `--resolution` (default 32) with the background value, black (-1 in model
 space); nothing is resized. Three encoder blocks (`--block_out_channels 16,32,64`) downsample twice: 32×32×1 → 8×8×4
-latents (`--latent_channels`). The objective per image: the reconstruction error summed over pixels (`--reconstruction_loss`
-l2 = ½ squared error, or l1) of a decode of z ~ q(z | x), plus `--kl_weight` × KL(q(z | x) ‖ N(0, I)) summed over
-latent elements. (Measured here, one thread, 1.6 minutes each: 16,32,64 with l2 reached a test L2 of 2.59, with l1
-3.42, and 32,64,64 with l1 4.08, at 0.52 and 0.95 s per batch of 64.)
+latents (`--latent_channels`). The objective per image: the reconstruction error summed over pixels
+(`--reconstruction_loss` l2 = ½ squared error, or l1) of a decode of z ~ q(z | x), plus `--kl_weight` ×
+KL(q(z | x) ‖ N(0, I)) summed over latent elements. (Measured here, one thread, 1.6 minutes each: 16,32,64 with l2
+reached a test L2 of 2.59, with l1 3.42, and 32,64,64 with l1 4.08, at 0.52 and 0.95 s per batch of 64.)
 
 `output_dir` ends up an `AutoencoderKL` folder (`config.json`, safetensors) whose `scaling_factor` is 1 / the standard
 deviation of the training latents (posterior means of up to `--scaling_images` training images; the Stable Diffusion
 convention, so that the prior's latents have unit variance), next to `checkpoint-N/` folders, `train_log.jsonl` and
-`metrics.json` (the scaling factor and the reconstruction L2 of the test images, cropped back to 28×28: the floor of any
-latent-diffusion model built on it). Checkpoints are written atomically (`.tmp`, then renamed); the same command with
-`--resume_from_checkpoint latest` continues from the last one.
+`metrics.json` (the scaling factor and the reconstruction L2 of the test images, cropped back to 28×28: the floor of
+any latent-diffusion model built on it). Checkpoints are written atomically (`.tmp`, then renamed); the same command
+with `--resume_from_checkpoint latest` continues from the last one.
 """
 
 import argparse
@@ -67,7 +67,9 @@ def parse_args(input_args=None):
     parser.add_argument("--norm_num_groups", type=int, default=8)
     # objective
     parser.add_argument("--reconstruction_loss", type=str, default="l2", choices=["l2", "l1"])
-    parser.add_argument("--kl_weight", type=float, default=1e-3, help="Weight of the KL (summed over latent elements).")
+    parser.add_argument(
+        "--kl_weight", type=float, default=1e-3, help="Weight of the KL (summed over latent elements)."
+    )
     # optimization
     parser.add_argument("--train_batch_size", type=int, default=64)
     parser.add_argument("--learning_rate", type=float, default=1e-3)
@@ -214,7 +216,8 @@ def main(args):
     )
     latent_size = args.resolution // 2 ** (num_blocks - 1)
     logger.info(
-        f"AutoencoderKL: {sum(p.numel() for p in vae.parameters()):,} parameters, {args.resolution}x{args.resolution}x1 "
+        f"AutoencoderKL: {sum(p.numel() for p in vae.parameters()):,} parameters, "
+        f"{args.resolution}x{args.resolution}x1 "
         f"-> {latent_size}x{latent_size}x{args.latent_channels} latents"
     )
 
@@ -258,7 +261,9 @@ def main(args):
             shutil.rmtree(os.path.join(args.output_dir, name))
 
     # 6. train; the batch order is a function of (seed, epoch), so a resumed run continues the same epoch
-    logger.info(f"***** Training: {num_images} images, batch {args.train_batch_size}, steps {step} -> {max_train_steps}")
+    logger.info(
+        f"***** Training: {num_images} images, batch {args.train_batch_size}, steps {step} -> {max_train_steps}"
+    )
     start = time.time()
     running = []
     vae.train()
@@ -268,7 +273,9 @@ def main(args):
             num_images, device=device, generator=torch.Generator(device=device).manual_seed(args.seed + epoch)
         )
         batch_index = step % steps_per_epoch
-        batch = train_images[permutation[batch_index * args.train_batch_size : (batch_index + 1) * args.train_batch_size]]
+        batch = train_images[
+            permutation[batch_index * args.train_batch_size : (batch_index + 1) * args.train_batch_size]
+        ]
         with accelerator.autocast():
             loss, reconstruction, kl = autoencoder_loss(
                 vae, batch, args.reconstruction_loss, args.kl_weight, generator

@@ -64,7 +64,8 @@ def parse_args(input_args=None):
         "--vae",
         type=str,
         default=None,
-        help="A saved AutoencoderKL or VQModel: model its latents of the images (padded with black to its sample_size).",
+        help="A saved AutoencoderKL or VQModel: model its latents of the images (padded with black to its "
+        "sample_size).",
     )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training images.")
     parser.add_argument("--seed", type=int, default=0)
@@ -178,7 +179,8 @@ def main(args):
         if step % args.logging_steps == 0:
             mean = [sum(v) / len(v) for v in zip(*running)]
             with open(log, "a") as f:
-                f.write(json.dumps({"step": step, "loss": mean[0], "reconstruction": mean[1], "kl": mean[2], "wall_seconds": elapsed}) + "\n")
+                f.write(json.dumps({"step": step, "loss": mean[0], "reconstruction": mean[1], "kl": mean[2],
+                                    "wall_seconds": elapsed}) + "\n")
             print(f"step {step}: loss {mean[0]:.3f} recon {mean[1]:.3f} kl {mean[2]:.2f}")
             running = []
         out_of_time = args.max_train_minutes is not None and time.time() - start > 60 * args.max_train_minutes

@@ -5,12 +5,13 @@ with `--vae` a latent-diffusion prior over a frozen autoencoder's latents.
     accelerate launch examples/train_prior.py --output_dir runs/prior --use_ema --mixed_precision bf16
     python examples/train_prior.py --vae runs/autoencoder-kl --output_dir runs/latent-prior --use_ema
 
-With `--vae` (a saved `AutoencoderKL` / `VQModel`, e.g. from `train_autoencoder_kl.py`): the images are padded centrally
-with black to the autoencoder's `sample_size` (28 -> 32; never resized), encoded once through it by the pipeline's rule
-(`diffusers_scorevae.autoencoders.latent_scaling`: posterior means times `scaling_factor`) and cached, and the UNet
-models those latents (4x8x8 for the default autoencoder). `output_dir` then also holds the autoencoder in `vae/` (and
-`model_index.json` names it): an LDM-style folder that `ScoreVAEPipeline.from_pretrained(output_dir, encoder=...)`,
-`hub.load_latent_prior` and `train_scorevae_encoder.py --pretrained_model_name_or_path` load.
+With `--vae` (a saved `AutoencoderKL` / `VQModel`, e.g. from `train_autoencoder_kl.py`): the images are padded
+centrally with black to the autoencoder's `sample_size` (28 -> 32; never resized), encoded once through it by the
+pipeline's rule (`diffusers_scorevae.autoencoders.latent_scaling`: posterior means times `scaling_factor`) and cached,
+and the UNet models those latents (4x8x8 for the default autoencoder). `output_dir` then also holds the autoencoder in
+`vae/` (and `model_index.json` names it): an LDM-style folder that
+`ScoreVAEPipeline.from_pretrained(output_dir, encoder=...)`, `hub.load_latent_prior` and
+`train_scorevae_encoder.py --pretrained_model_name_or_path` load.
 
 `output_dir` ends up a `DDPMPipeline` folder (`unet/`, `scheduler/`, `model_index.json`, safetensors; the EMA weights
 with `--use_ema`) next to `checkpoint/` and `train_log.jsonl`. The run can be killed at any moment: the same command
@@ -69,8 +70,8 @@ def parse_args(input_args=None):
         "--vae",
         type=str,
         default=None,
-        help="A saved AutoencoderKL or VQModel (folder, or a pipeline folder with vae/): train a latent-diffusion prior "
-        "on its latents of the images, padded with black to its sample_size.",
+        help="A saved AutoencoderKL or VQModel (folder, or a pipeline folder with vae/): train a latent-diffusion "
+        "prior on its latents of the images, padded with black to its sample_size.",
     )
     parser.add_argument("--max_train_samples", type=int, default=None, help="Use only the first N training images.")
     parser.add_argument("--output_dir", type=str, default="ddpm-fashion-mnist-28")

@@ -75,7 +75,9 @@ def parse_args(input_args=None):
     )
     parser.add_argument("--revision", type=str, default=None, help="Revision of the prior on the Hub.")
     # data
-    parser.add_argument("--dataset_name", type=str, default=None, help="A Hub dataset, e.g. zalando-datasets/fashion_mnist.")
+    parser.add_argument(
+        "--dataset_name", type=str, default=None, help="A Hub dataset, e.g. zalando-datasets/fashion_mnist."
+    )
     parser.add_argument("--dataset_config_name", type=str, default=None)
     parser.add_argument("--train_data_dir", type=str, default=None, help="A folder of images (datasets' imagefolder).")
     parser.add_argument(
@@ -84,13 +86,16 @@ def parse_args(input_args=None):
         default=None,
         help="A folder with Fashion-MNIST idx .gz files (Debian: /usr/share/datasets/fashion-mnist); works offline.",
     )
-    parser.add_argument("--image_column", type=str, default=None, help="Image column of a Hub dataset (auto if unset).")
+    parser.add_argument(
+        "--image_column", type=str, default=None, help="Image column of a Hub dataset (auto if unset)."
+    )
     parser.add_argument("--cache_dir", type=str, default=None)
     parser.add_argument(
         "--resolution",
         type=int,
         default=None,
-        help="Training resolution; defaults to (and must equal) the UNet's, or with an autoencoder its pixel resolution.",
+        help="Training resolution; defaults to (and must equal) the UNet's, or with an autoencoder its pixel "
+        "resolution.",
     )
     parser.add_argument(
         "--pad_images",
@@ -212,7 +217,7 @@ def parse_args(input_args=None):
     return args
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # data
 
 
@@ -248,7 +253,10 @@ class ImageDataset(torch.utils.data.Dataset):
         # resize the shorter side to the resolution, then crop (as diffusers' train_unconditional does)
         scale = self.resolution / min(image.size)
         if scale != 1:
-            size = (max(self.resolution, round(image.size[0] * scale)), max(self.resolution, round(image.size[1] * scale)))
+            size = (
+                max(self.resolution, round(image.size[0] * scale)),
+                max(self.resolution, round(image.size[1] * scale)),
+            )
             image = image.resize(size, PIL.Image.BILINEAR)
         width, height = image.size
         if self.center_crop:
@@ -300,7 +308,7 @@ class _LazyColumn:
         return self.dataset[int(index)][self.column]
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 # prior, checkpoints and saving
 
 
@@ -363,8 +371,9 @@ def check_teacher_matches_unet(teacher, unet, path: str):
     found, expected = (config.in_channels, config.sample_size), (unet.config.in_channels, unet.config.sample_size)
     if found != expected:
         raise ValueError(
-            f"--teacher {path} reads (in_channels, sample_size) = {found} but the prior's UNet models {expected}; with a "
-            "latent prior the teacher must encode the autoencoder's latents (train_beta_vae.py --vae AUTOENCODER)."
+            f"--teacher {path} reads (in_channels, sample_size) = {found} but the prior's UNet models {expected}; "
+            "with a latent prior the teacher must encode the autoencoder's latents "
+            "(train_beta_vae.py --vae AUTOENCODER)."
         )
 
 
@@ -473,7 +482,7 @@ def log_validation(args, accelerator, encoder, unet, scheduler, images, global_s
     return l2
 
 
-# ----------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------------
 
 
 def main(args):
@@ -546,7 +555,9 @@ def main(args):
     # checks channels / sample size (with an autoencoder: the encoder's are the UNet's latents')
     ScoreVAEPipeline(unet=unet, scheduler=noise_scheduler, encoder=encoder, vae=vae)
     if encoder.dtype != torch.float32:
-        raise ValueError(f"The encoder's weights are {encoder.dtype}; train from float32 weights (mixed precision is fine).")
+        raise ValueError(
+            f"The encoder's weights are {encoder.dtype}; train from float32 weights (mixed precision is fine)."
+        )
     logger.info(f"encoder: {sum(p.numel() for p in encoder.parameters()) / 1e6:.3f}M parameters")
     if accelerator.is_main_process and not os.path.exists(os.path.join(args.output_dir, "model_index.json")):
         save_pipeline(args.output_dir, encoder, unet, noise_scheduler, vae)  # the prior in float32, before any cast
@@ -626,7 +637,9 @@ def main(args):
         drop_last=True,
     )
     if len(train_dataloader) == 0:
-        raise ValueError(f"The dataset has {len(dataset)} images, fewer than --train_batch_size {args.train_batch_size}.")
+        raise ValueError(
+            f"The dataset has {len(dataset)} images, fewer than --train_batch_size {args.train_batch_size}."
+        )
 
     num_update_steps_per_epoch = math.ceil(
         len(train_dataloader) / accelerator.num_processes / args.gradient_accumulation_steps
@@ -735,7 +748,9 @@ def main(args):
         for clean_images in dataloader:
             if args.random_flip:
                 flip = torch.rand(clean_images.shape[0], generator=generator, device=generator.device) < 0.5
-                clean_images = torch.where(flip.to(clean_images.device)[:, None, None, None], clean_images.flip(-1), clean_images)
+                clean_images = torch.where(
+                    flip.to(clean_images.device)[:, None, None, None], clean_images.flip(-1), clean_images
+                )
             if vae is not None and not cached_latents:  # pixels -> the UNet's latents, through the frozen autoencoder
                 with torch.no_grad():
                     clean_images = vae_encode(vae, clean_images).float()
@@ -823,7 +838,9 @@ def main(args):
         if args.push_to_hub:
             from diffusers_scorevae.hub import push_pipeline_to_hub
 
-            push_pipeline_to_hub(args.output_dir, args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)), args)
+            push_pipeline_to_hub(
+                args.output_dir, args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)), args
+            )
     accelerator.end_training()
 
 

@@ -12,11 +12,11 @@ import shutil
 
 import diffusers
 import numpy as np
+from to_fp16 import to_fp16  # scripts/ is on sys.path when run as a script
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.bundled import PRETRAINED_DIR
 from diffusers_scorevae.data import load_fashion_mnist
-from to_fp16 import to_fp16  # scripts/ is on sys.path when run as a script
 
 
 def copy_model(src, name):
@@ -59,8 +59,14 @@ def main():
 
     images, labels = load_fashion_mnist("test")
     n = args.num_test_images
-    np.savez_compressed(os.path.join(PRETRAINED_DIR, "fashion-mnist-test-images.npz"), images=images[:n], labels=labels[:n])
-    total = sum(os.path.getsize(p) for p in glob.glob(os.path.join(PRETRAINED_DIR, "**", "*"), recursive=True) if os.path.isfile(p))
+    np.savez_compressed(
+        os.path.join(PRETRAINED_DIR, "fashion-mnist-test-images.npz"), images=images[:n], labels=labels[:n]
+    )
+    total = sum(
+        os.path.getsize(p)
+        for p in glob.glob(os.path.join(PRETRAINED_DIR, "**", "*"), recursive=True)
+        if os.path.isfile(p)
+    )
     print(f"bundle: {total / 1e6:.1f} MB in {PRETRAINED_DIR}")
 
 

@@ -102,7 +102,12 @@ class ReusedScore:
                 self.score = encoder_score(pipe.encoder, model_input, log_snr.float(), latent_codes)
             self.calls += 1
             return guided_model_output(
-                model_output, model_input, self.score, log_snr, pipe.guidance_scale, pipe.scheduler.config.prediction_type
+                model_output,
+                model_input,
+                self.score,
+                log_snr,
+                pipe.guidance_scale,
+                pipe.scheduler.config.prediction_type,
             )
 
         pipe.guide = guide

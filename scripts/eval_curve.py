@@ -4,7 +4,8 @@ images, next to the KL and losses logged at that step. Prints a markdown table.
 `--encoders` holds `step-N` encoder folders, or the training script's `checkpoint-N` folders (their `encoder_ema/`
 is used when present, else `encoder/`).
 
-    python scripts/eval_curve.py --prior runs/gpu/prior --encoders runs/encoder-curve --log runs/encoder-fmnist/train_log.jsonl
+    python scripts/eval_curve.py --prior runs/gpu/prior --encoders runs/encoder-curve \
+        --log runs/encoder-fmnist/train_log.jsonl
 """
 
 import argparse
@@ -27,7 +28,9 @@ parser.add_argument("--num_images", type=int, default=64)
 parser.add_argument("--num_inference_steps", type=int, default=100)
 parser.add_argument("--guidance_scale", type=float, default=4.0)
 parser.add_argument("--every", type=int, default=1000)
-parser.add_argument("--step_offset", type=int, default=0, help="Add to the folder's step (a run started from another).")
+parser.add_argument(
+    "--step_offset", type=int, default=0, help="Add to the folder's step (a run started from another)."
+)
 parser.add_argument("--fashion_mnist_dir", default=None)
 parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 parser.add_argument("--output", default=None, help="Also write the rows as JSON.")
@@ -38,13 +41,22 @@ if os.path.isfile(args.log):
     for line in open(args.log):
         entry = json.loads(line)
         logs[entry["step"]] = entry
-images, _ = load_fashion_mnist("test", data_dir=args.fashion_mnist_dir) if args.fashion_mnist_dir else load_fashion_mnist("test")
+images, _ = (
+    load_fashion_mnist("test", data_dir=args.fashion_mnist_dir)
+    if args.fashion_mnist_dir
+    else load_fashion_mnist("test")
+)
 originals = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
 unet = diffusers.UNet2DModel.from_pretrained(args.prior, subfolder="unet")
 scheduler = diffusers.DDPMScheduler.from_pretrained(args.prior, subfolder="scheduler")
-print(f"| step | KL (nats) | score loss | prior loss | L2 (ddpm:{args.num_inference_steps}, γ={args.guidance_scale}) |")
+print(
+    f"| step | KL (nats) | score loss | prior loss | L2 (ddpm:{args.num_inference_steps}, γ={args.guidance_scale}) |"
+)
 print("|---|---|---|---|---|")
-folders = glob.glob(os.path.join(args.encoders, "step-*")) + glob.glob(os.path.join(args.encoders, "checkpoint-*[0-9]"))
+folders = (
+    glob.glob(os.path.join(args.encoders, "step-*"))
+    + glob.glob(os.path.join(args.encoders, "checkpoint-*[0-9]"))
+)
 folders = sorted(folders, key=lambda p: int(p.rsplit("-", 1)[1]))
 rows = []
 for folder in folders:

@@ -62,7 +62,10 @@ def encoder_weights(path):
 def test_smoke_run_writes_a_loadable_pipeline_and_checkpoints(prior_and_images, tmp_path):
     out = tmp_path / "run"
     result = run_script(
-        base_args(prior_and_images, out, 4, "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--use_ema", "--logging_steps", "1")
+        base_args(
+            prior_and_images, out, 4,
+            "--checkpointing_steps", "2", "--checkpoints_total_limit", "1", "--use_ema", "--logging_steps", "1",
+        )
         + ["--validation_steps", "4", "--validation_inference_steps", "2", "--num_validation_images", "2"]
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -108,7 +111,9 @@ def test_sigkill_then_resume_reaches_the_same_weights(prior_and_images, tmp_path
     assert not os.path.exists(killed_dir / "checkpoint-30")  # really interrupted
 
     resumed = run_script(
-        base_args(prior_and_images, killed_dir, steps, "--checkpointing_steps", "10", "--resume_from_checkpoint", "latest")
+        base_args(
+            prior_and_images, killed_dir, steps, "--checkpointing_steps", "10", "--resume_from_checkpoint", "latest"
+        )
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     a, b = encoder_weights(tmp_path / "a" / "encoder"), encoder_weights(killed_dir / "encoder")

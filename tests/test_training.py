@@ -1,5 +1,5 @@
-"""scorevae_loss (MATH.md §5): the exact encoder of the closed-form Gaussian problem minimises it, gradients reach every
-encoder parameter and none of the UNet's, randomness comes from the generator, bad arguments are errors."""
+"""scorevae_loss (MATH.md §5): the exact encoder of the closed-form Gaussian problem minimises it, gradients reach
+every encoder parameter and none of the UNet's, randomness comes from the generator, bad arguments are errors."""
 
 import math
 

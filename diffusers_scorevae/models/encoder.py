@@ -50,8 +50,8 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
     input: its score is zero and decoding starts as unconditional sampling.
 
     Sizing: the cost that matters is one forward and one backward of the encoder per decoding step, next to one UNet
-    forward. The defaults (4 blocks of widths 32-64-128-128, one layer each, about 0.8M parameters plus the head) cost a
-    few percent of `google/ddpm-cifar10-32`'s 35.7M-parameter UNet per step; scale `block_out_channels` with the UNet
+    forward. The defaults (4 blocks of widths 32-64-128-128, one layer each, about 0.8M parameters plus the head) cost
+    a few percent of `google/ddpm-cifar10-32`'s 35.7M-parameter UNet per step; scale `block_out_channels` with the UNet
     you wrap and check `benchmarks/bench_decode.py`.
 
     Loading and pushing: `from_pretrained` takes a Hub repo id or a folder (with `subfolder="encoder"` for a pipeline's
@@ -111,7 +111,8 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
         super().__init__()
         if len(down_block_types) != len(block_out_channels):
             raise ValueError(
-                f"down_block_types has {len(down_block_types)} entries and block_out_channels {len(block_out_channels)}"
+                f"down_block_types has {len(down_block_types)} entries and "
+                f"block_out_channels {len(block_out_channels)}"
                 "; they must have the same length."
             )
         if latent_dim < 1:
@@ -176,7 +177,8 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
         expected = (self.config.in_channels, *self._sample_hw())
         if sample.ndim != 4 or tuple(sample.shape[1:]) != expected:
             raise ValueError(
-                f"sample has shape {tuple(sample.shape)}; the encoder expects (batch_size, {', '.join(map(str, expected))})."
+                f"sample has shape {tuple(sample.shape)}; the encoder expects "
+                f"(batch_size, {', '.join(map(str, expected))})."
             )
         batch_size = sample.shape[0]
 

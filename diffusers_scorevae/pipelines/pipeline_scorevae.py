@@ -145,11 +145,12 @@ class ScoreVAEInversionOutput(BaseOutput):
 
 class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
     r"""
-    Pipeline for ScoreVAE (arXiv 2304.12141): a VAE whose decoder is a frozen, pretrained, unconditional diffusion model.
+    Pipeline for ScoreVAE (arXiv 2304.12141): a VAE whose decoder is a frozen, pretrained, unconditional diffusion
+    model.
 
     Decoding a latent code z samples the prior's reverse process with Bayes' rule for scores,
-    ∇ log p(x_t | z) = ∇ log p(x_t) + ∇ log q_φ(z | x_t): at every scheduler step the UNet's noise prediction is shifted
-    by the encoder's score, ε̂_cond = ε̂ − γ · σ_t · ∇_{x_t} log q_φ(z | x_t, λ_t), converted back to the UNet's
+    ∇ log p(x_t | z) = ∇ log p(x_t) + ∇ log q_φ(z | x_t): at every scheduler step the UNet's noise prediction is
+    shifted by the encoder's score, ε̂_cond = ε̂ − γ · σ_t · ∇_{x_t} log q_φ(z | x_t, λ_t), converted back to the UNet's
     `prediction_type` and handed to `scheduler.step` unchanged, so every diffusers scheduler decodes the same way.
 
     This model inherits from [`DiffusionPipeline`]. Check the superclass documentation for the generic methods
@@ -165,8 +166,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             Any diffusers scheduler with a variance-preserving training schedule (`alphas_cumprod`): DDPM, DDIM, PNDM,
             DPM-Solver (multistep/singlestep), UniPC, DEIS, Euler, Euler ancestral, Heun, KDPM2, LMS, ...
         encoder ([`ScoreVAEEncoder`]):
-            The ScoreVAE encoder q_φ(z | x_t, λ), trained against a prior over the same data (not necessarily this one).
-            With a `vae`, it works on the UNet's latents (its `sample_size` / `in_channels` are the UNet's).
+            The ScoreVAE encoder q_φ(z | x_t, λ), trained against a prior over the same data (not necessarily this
+            one). With a `vae`, it works on the UNet's latents (its `sample_size` / `in_channels` are the UNet's).
         vae ([`VQModel`] or [`AutoencoderKL`], *optional*):
             For a latent-diffusion prior (e.g. CompVis/ldm-celebahq-256, a `UNet2DModel` over the latents of a
             `VQModel`): images are encoded to the UNet's latents with it and decoded from them
@@ -366,8 +367,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
     ):
         if image is not None and latent_codes is not None:
             raise ValueError(
-                "Pass either `image` (to reconstruct) or `latent_codes` (to decode), not both; with neither, codes are "
-                "drawn from N(0, I)."
+                "Pass either `image` (to reconstruct) or `latent_codes` (to decode), not both; with neither, codes "
+                "are drawn from N(0, I)."
             )
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
@@ -675,8 +676,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         stds = latents.float().flatten(1).std(dim=1)
         if not torch.isfinite(stds).all() or stds.max() > 2.0:
             logger.warning(
-                f"The inversion diverged: x_T has per-image std up to {stds.max().item():.3g} (N(0, I) noise has ≈ 1), so "
-                "decoding it will not reproduce the images. The encoder's guidance is unstable along the inverse ODE at "
+                f"The inversion diverged: x_T has per-image std up to {stds.max().item():.3g} "
+                "(N(0, I) noise has ≈ 1), so decoding it will not reproduce the images. "
+                "The encoder's guidance is unstable along the inverse ODE at "
                 "these noise levels; try a smaller guidance_scale, a guidance_log_snr_range that leaves out the noisy "
                 "steps (e.g. (4.0, float('inf'))), or more num_inference_steps."
             )
