@@ -30,6 +30,7 @@ before training, into an in-memory cache when the images are deterministic (no `
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -56,6 +57,9 @@ from diffusers_scorevae.training import LOSS_WEIGHTINGS, posterior_loss, scoreva
 logger = get_logger(__name__, log_level="INFO")
 
 CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+# each checkpoint records what it was trained for (objective, teacher and the sha256 of the teacher's weights), so that
+# a resume that would silently change the objective (e.g. a teacher path that now holds other weights) is refused
+RUN_RECORD = "training_run.json"
 OBJECTIVES = ("score", "posterior")
 LOG_KEYS = {
     "score": ("loss", "score_loss", "prior_loss", "kl"),
@@ -364,6 +368,39 @@ def load_clean_encoder(path: str):
     return ScoreVAEEncoder.from_pretrained(path, torch_dtype=torch.float32)
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's state dict (names, shapes, dtypes and values): identifies a teacher's weights."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_resume(path: str, record: dict):
+    """Raise a `ValueError` when the checkpoint at `path` was trained for another objective or against other teacher
+    weights than this run's `record` (see `RUN_RECORD`); a checkpoint without a record (older runs) is not checked."""
+    file = os.path.join(path, RUN_RECORD)
+    if not os.path.isfile(file):
+        logger.warning(f"{path} has no {RUN_RECORD} (an older run): its objective and teacher are not checked.")
+        return
+    with open(file) as f:
+        saved = json.load(f)
+    restart = f"resume with the same settings, or start a new --output_dir with --init_encoder {path}/encoder"
+    if saved.get("objective") != record["objective"]:
+        raise ValueError(
+            f"--objective {record['objective']} differs from the objective {saved.get('objective')!r} that {path} "
+            f"was trained with; {restart}."
+        )
+    if saved.get("teacher_sha256") != record["teacher_sha256"]:
+        raise ValueError(
+            f"--teacher {record['teacher']} (weights sha256 {str(record['teacher_sha256'])[:12]}) is not the teacher "
+            f"{path} was trained against ({saved.get('teacher')}, weights sha256 "
+            f"{str(saved.get('teacher_sha256'))[:12]}); {restart}."
+        )
+
+
 def check_teacher_matches_unet(teacher, unet, path: str):
     """Raise a `ValueError` unless the teacher reads the UNet's samples (with a latent prior: its latents, e.g. a β-VAE
     trained with `train_beta_vae.py --vae`), `(in_channels, sample_size)` equal."""
@@ -537,6 +574,11 @@ def main(args):
     if args.objective == "posterior":
         teacher = load_clean_encoder(args.teacher).requires_grad_(False).eval()
         check_teacher_matches_unet(teacher, unet, args.teacher)
+    run_record = {
+        "objective": args.objective,
+        "teacher": args.teacher,
+        "teacher_sha256": None if teacher is None else weights_sha256(teacher),
+    }
     init_encoder = args.init_encoder if args.init_encoder is not None or teacher is None else args.teacher
     if init_encoder is not None and init_encoder != "scratch":
         encoder = load_init_encoder(init_encoder, record)
@@ -688,6 +730,7 @@ def main(args):
             logger.info("No checkpoint found in --output_dir; starting a new training run.")
         else:
             logger.info(f"Resuming from {path}")
+            check_resume(path, run_record)
             accelerator.load_state(path)
             global_step = int(CHECKPOINT_PATTERN.match(os.path.basename(os.path.normpath(path))).group(1))
             first_epoch = global_step // num_update_steps_per_epoch
@@ -708,6 +751,8 @@ def main(args):
         accelerator.save_state(tmp)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
+            with open(os.path.join(tmp, RUN_RECORD), "w") as f:
+                json.dump(run_record, f, indent=2)
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.rename(tmp, final)

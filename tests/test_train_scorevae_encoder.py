@@ -184,6 +184,39 @@ def test_posterior_objective_then_score_objective(prior_and_images, tmp_path, te
     ScoreVAEPipeline.from_pretrained(score_dir)
 
 
+def test_resume_refuses_another_teacher_or_objective(prior_and_images, tmp_path):
+    """A resumed posterior run must fit the same teacher weights: a teacher path that now holds other weights (e.g. a
+    bundled β-VAE retuned between two sessions) or another objective is a ValueError, not a silent switch."""
+    from diffusers_scorevae import BetaVAE
+
+    config = dict(sample_size=8, in_channels=3, latent_dim=8, block_out_channels=(8, 16), norm_num_groups=4)
+    teacher_dir, out = tmp_path / "teacher", tmp_path / "run"
+    torch.manual_seed(0)
+    BetaVAE(**config).save_pretrained(teacher_dir)
+
+    def run(steps, *extra, teacher=True):
+        objective = ["--objective", "posterior", "--teacher", str(teacher_dir)] if teacher else []
+        args = base_args(prior_and_images, out, steps, "--checkpointing_steps", "2", *objective, *extra)
+        return run_script(args + ["--resume_from_checkpoint", "latest"])
+
+    result = run(2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.load(open(out / "checkpoint-2" / "training_run.json"))
+    assert record["objective"] == "posterior" and record["teacher"] == str(teacher_dir)
+    assert len(record["teacher_sha256"]) == 64
+    result = run(4)  # the same teacher weights: resumes
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert os.path.isdir(out / "checkpoint-4")
+
+    torch.manual_seed(1)
+    BetaVAE(**config).save_pretrained(teacher_dir)  # the same path now holds other weights
+    result = run(6)
+    assert result.returncode != 0 and "is not the teacher" in result.stderr and "--init_encoder" in result.stderr
+    result = run(6, teacher=False)
+    assert result.returncode != 0 and "--objective score differs" in result.stderr
+    assert not os.path.exists(out / "checkpoint-6")
+
+
 @pytest.mark.parametrize(
     "extra, match",
     [
