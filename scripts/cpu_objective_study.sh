@@ -5,6 +5,9 @@
 #   (a) score objective, continuing the bundled encoder        (b) posterior matching, teacher = bundled beta-VAE
 #   (c) posterior matching, teacher = bundled ScoreVAE encoder (d) (b) at 2/3 of the budget, then (a)'s objective
 #   (e) a cheaper student (first level 16 wide), teacher = beta-VAE, from scratch
+# "bundled" means the package's models when each run was launched: the beta-VAE teacher was that of commit 661c24a
+# (beta 0.01), retuned in 00b82f9 (beta 0.016) and again in stop 13 (beta 0.05); (e) was resumed across the first
+# retune (docs/results.md). To rerun with a given teacher, check its folder out of git and set TEACHER.
 # Usage: bash scripts/cpu_objective_study.sh train      (background runs; resumable: run it again)
 #        bash scripts/cpu_objective_study.sh tail STEP   (d: the score tail from (b)'s checkpoint STEP)
 #        bash scripts/cpu_objective_study.sh eval BUDGET_CPU_SECONDS     (pipelines at the budget's checkpoints)
@@ -13,6 +16,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=diffusers_scorevae/pretrained
+TEACHER=${TEACHER:-$B/fashion-mnist-beta-vae}
 OUT=${OUT:-runs/exp}
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 mkdir -p "$OUT"
@@ -31,9 +35,9 @@ POSTERIOR="--objective posterior --train_batch_size 128 --learning_rate 2e-4 --l
 case "${1:-}" in
   train)
     launch a_score 90 $SCORE --init_encoder $B/fashion-mnist
-    launch b_post_bvae 90 $POSTERIOR --teacher $B/fashion-mnist-beta-vae
+    launch b_post_bvae 90 $POSTERIOR --teacher "$TEACHER"
     launch c_post_svae 90 $POSTERIOR --teacher $B/fashion-mnist
-    launch e_post_bvae_narrow 120 --objective posterior --teacher $B/fashion-mnist-beta-vae --init_encoder scratch \
+    launch e_post_bvae_narrow 120 --objective posterior --teacher "$TEACHER" --init_encoder scratch \
       --train_batch_size 128 --learning_rate 1e-3 --lr_warmup_steps 100 --encoder_block_out_channels 16,64,128,128
     ;;
   tail)
