@@ -94,6 +94,16 @@ def bundled_priors(exclude: str | None = None) -> list[str]:
 # images in and out
 
 
+FASHION_MNIST_SHAPE = (28, 28)  # what the bundled β-VAE and classifier read
+
+
+def is_framed(size: tuple[int, int], shape: tuple[int, int]) -> bool:
+    """Whether [`prepare_image`] frames an image of `size` = (width, height) with black to fit `shape` = (height,
+    width) instead of resizing it: it is at most 1/8 smaller on each side (28×28 for 32×32), and not the same size."""
+    pad_x, pad_y = shape[1] - size[0], shape[0] - size[1]
+    return 0 <= pad_x <= shape[1] // 8 and 0 <= pad_y <= shape[0] // 8 and (pad_x, pad_y) != (0, 0)
+
+
 def prepare_image(image, image_shape: tuple[int, int, int]) -> tuple[PIL.Image.Image, str]:
     r"""
     Turn any image into what the pipeline models, and say what was changed.
@@ -116,21 +126,7 @@ def prepare_image(image, image_shape: tuple[int, int, int]) -> tuple[PIL.Image.I
     channels, height, width = image_shape
     if channels not in (1, 3):
         raise ValueError(f"The app shows 1- or 3-channel images; this pipeline models {channels} channels.")
-    if isinstance(image, (str, os.PathLike)):
-        name = os.path.basename(str(image))
-        try:
-            with PIL.Image.open(image) as opened:
-                opened.load()
-                image = opened.copy() if opened.mode != "P" else opened.convert("RGBA")
-        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
-            raise ValueError(
-                f"Could not read {name!r} as an image ({type(error).__name__}: {error}). Upload a PNG, JPEG, WebP, "
-                "GIF, BMP or TIFF file."
-            ) from None
-    elif isinstance(image, np.ndarray):
-        image = _array_to_pil(image)
-    elif not isinstance(image, PIL.Image.Image):
-        raise ValueError(f"image has type {type(image).__name__}; expected a file path, a PIL image or a numpy array.")
+    image = _load_image(image)
 
     notes = []
     if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16/32-bit images: scale to 8 bits, not clip
@@ -144,14 +140,13 @@ def prepare_image(image, image_shape: tuple[int, int, int]) -> tuple[PIL.Image.I
         background = PIL.Image.new("RGBA", image.size, (0, 0, 0, 255))
         image = PIL.Image.alpha_composite(background, image).convert("RGB")
         notes.append("transparent pixels put on black")
-    pad_x, pad_y = width - image.size[0], height - image.size[1]
-    if 0 <= pad_x <= width // 8 and 0 <= pad_y <= height // 8 and (pad_x, pad_y) != (0, 0):
+    if is_framed(image.size, (height, width)):
         # a little smaller (28×28 Fashion-MNIST for a 32×32 latent pipeline): pad with black around it, the rule the
         # latent bundle was trained with (`data.pad_images`), instead of enlarging the object
         notes.append(f"padded from {image.size[0]}×{image.size[1]} to {width}×{height} with black")
         image = image.convert("RGB") if image.mode == "P" else image  # a palette's index 0 need not be black
         framed = PIL.Image.new(image.mode, (width, height), 0)
-        framed.paste(image, (pad_x // 2, pad_y // 2))
+        framed.paste(image, ((width - image.size[0]) // 2, (height - image.size[1]) // 2))
         image = framed
     if image.size != (width, height):
         kept = image.size[0] * height == image.size[1] * width
@@ -167,6 +162,27 @@ def prepare_image(image, image_shape: tuple[int, int, int]) -> tuple[PIL.Image.I
         if source != image_mode_name(target):
             notes.append(f"converted from {source} to {image_mode_name(target)}")
     return image, ", ".join(notes) if notes else "used as is"
+
+
+def _load_image(image) -> PIL.Image.Image:
+    """A file path, PIL image or array as a PIL image, as given (size and mode unchanged; a palette image from a file
+    with transparency as RGBA)."""
+    if isinstance(image, (str, os.PathLike)):
+        name = os.path.basename(str(image))
+        try:
+            with PIL.Image.open(image) as opened:
+                opened.load()
+                image = opened.copy() if opened.mode != "P" else opened.convert("RGBA")
+        except (OSError, ValueError, PIL.Image.DecompressionBombError) as error:
+            raise ValueError(
+                f"Could not read {name!r} as an image ({type(error).__name__}: {error}). Upload a PNG, JPEG, WebP, "
+                "GIF, BMP or TIFF file."
+            ) from None
+    elif isinstance(image, np.ndarray):
+        image = _array_to_pil(image)
+    elif not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"image has type {type(image).__name__}; expected a file path, a PIL image or a numpy array.")
+    return image
 
 
 def image_mode_name(mode: str) -> str:
@@ -261,7 +277,8 @@ def load_models(
     r"""
     Load the pipeline as `scorevae` loads it (`cli.load_pipeline`), with the scheduler override `scheduler`
     (defaults to `cli.DEFAULT_SCHEDULER`), plus the bundled β-VAE and classifier when the pipeline models 1×28×28
-    images (Fashion-MNIST).
+    images (Fashion-MNIST) or one-channel images that a 28×28 image is framed in (the 32×32 latent bundle: the
+    comparison is then on the 28×28 inside the frame, see [`reconstruct`]).
     """
     from .models import BetaVAE, FashionMNISTClassifier
 
@@ -269,7 +286,8 @@ def load_models(
     device = cli._device(None if device is None else str(device))
     pipe = cli.load_pipeline(pipeline, None, scheduler, device)
     models = DemoModels(pipe=pipe, name=pipeline, scheduler=scheduler, device=device)
-    if tuple(pipe.image_shape) == (1, 28, 28):
+    channels, height, width = pipe.image_shape
+    if channels == 1 and ((height, width) == FASHION_MNIST_SHAPE or is_framed(FASHION_MNIST_SHAPE, (height, width))):
         models.beta_vae = BetaVAE.from_pretrained(cli.resolve("fashion-mnist-beta-vae")).to(device).eval()
         models.classifier = FashionMNISTClassifier.from_pretrained(cli.resolve("fashion-mnist-classifier"))
         models.classifier = models.classifier.to(device).eval()
@@ -384,13 +402,17 @@ def reconstruct(
         [`ReconstructionResult`]: `metrics` has `"scorevae"` (L2, PSNR, SSIM, sharpness of the first decode, the
         code's rate `kl` in nats, `class_kept` over all K decodes; with K ≥ 2 also `l2_mean_of_k` and
         `l2_between_decodes`), `"beta_vae"` (the same, when the β-VAE is loaded), `"original"` (sharpness, and the
-        classifier's class) and `"settings"`.
+        classifier's class) and `"settings"`. When the pipeline is larger than 28×28 and the image was a 28×28 one
+        framed with black, every metric is on the central 28×28 (the image itself, as `scorevae evaluate` measures
+        the latent bundle; `settings["compared_on"]` says so) and the β-VAE reconstructs that 28×28 image; another
+        image gets no β-VAE or classifier there.
     """
     from .data import FASHION_MNIST_CLASSES
-    from .evaluation import beta_vae_reconstruct, kl_rate, reconstruction_metrics, same_code_metrics
+    from .evaluation import beta_vae_reconstruct, center_crop, kl_rate, reconstruction_metrics, same_code_metrics
 
     num_inference_steps, guidance_scale = _decode_settings(num_inference_steps, guidance_scale)
     _check_settings(num_inference_steps, guidance_scale, seed, **{"decodes per code": (num_decodes, 1, MAX_DECODES)})
+    image = _load_image(image)
     picture, note = prepare_image(image, models.pipe.image_shape)
     original = to_tensor(picture)
     num_decodes = int(num_decodes)
@@ -398,22 +420,32 @@ def reconstruct(
     with models.lock:
         codes = models.pipe.encode(original).repeat(num_decodes, 1)
         decodes = _decode(models.pipe, codes, num_inference_steps, guidance_scale, seed, progress, stop, "decoding")
-    originals = original.expand(num_decodes, *original.shape[1:])
 
-    metrics = {"scorevae": reconstruction_metrics(original, decodes[:1], models.classifier)}
+    # what the metrics compare: the whole image, or the 28×28 image inside its black frame
+    beta_vae, classifier, compared, measured = models.beta_vae, models.classifier, original, decodes
+    shape = tuple(original.shape[-2:])
+    if shape != FASHION_MNIST_SHAPE and beta_vae is not None:
+        if image.size == FASHION_MNIST_SHAPE[::-1] and is_framed(image.size, shape):
+            compared = center_crop(original, *FASHION_MNIST_SHAPE)
+            measured = center_crop(decodes, *FASHION_MNIST_SHAPE)
+        else:  # resized into the pipeline's frame: the 28×28 models do not apply
+            beta_vae = classifier = None
+    originals = compared.expand(num_decodes, *compared.shape[1:])
+
+    metrics = {"scorevae": reconstruction_metrics(compared, measured[:1], classifier)}
     metrics["scorevae"]["kl"] = kl_rate(models.pipe.encoder, original, vae=getattr(models.pipe, "vae", None)).item()
     if num_decodes > 1:
-        metrics["scorevae"].update(same_code_metrics(original, decodes[:, None]))
-        metrics["scorevae"]["class_kept"] = _class_kept(models.classifier, originals, decodes)
+        metrics["scorevae"].update(same_code_metrics(compared, measured[:, None]))
+        metrics["scorevae"]["class_kept"] = _class_kept(classifier, originals, measured)
     baseline = None
-    if models.beta_vae is not None:
-        baseline = beta_vae_reconstruct(models.beta_vae, original)
-        metrics["beta_vae"] = reconstruction_metrics(original, baseline, models.classifier)
-        metrics["beta_vae"]["kl"] = kl_rate(models.beta_vae.encoder, original).item()
-    metrics["original"] = {"sharpness": reconstruction_metrics(original, original)["sharpness"]}
-    if models.classifier is not None:
+    if beta_vae is not None:
+        baseline = beta_vae_reconstruct(beta_vae, compared)
+        metrics["beta_vae"] = reconstruction_metrics(compared, baseline, classifier)
+        metrics["beta_vae"]["kl"] = kl_rate(beta_vae.encoder, compared).item()
+    metrics["original"] = {"sharpness": reconstruction_metrics(compared, compared)["sharpness"]}
+    if classifier is not None:
         with torch.no_grad():
-            predicted = models.classifier(original.to(models.device)).argmax(1).item()
+            predicted = classifier(compared.to(models.device)).argmax(1).item()
         metrics["original"]["class"] = FASHION_MNIST_CLASSES[predicted]
     metrics["settings"] = {
         "num_inference_steps": int(num_inference_steps),
@@ -422,6 +454,8 @@ def reconstruct(
         "seed": int(seed),
         "scheduler": type(models.pipe.scheduler).__name__,
     }
+    if compared is not original:
+        metrics["settings"]["compared_on"] = "the 28×28 image inside the black frame"
     return ReconstructionResult(original, decodes, baseline, metrics, note)
 
 
@@ -604,8 +638,8 @@ def metrics_markdown(metrics: dict) -> str:
     lines.append(
         f"{settings['scheduler']}, {settings['num_inference_steps']} steps, γ = {settings['guidance_scale']:g}, "
         f"{settings['num_decodes']} decode(s), seed {settings['seed']}. kl: the code's rate in nats; l2 in [0, 1] "
-        "pixel units over the image (first decode); class_kept (over all decodes): the bundled classifier gives "
-        "the original's class"
+        f"pixel units over {settings.get('compared_on', 'the image')} (first decode); class_kept (over all decodes): "
+        "the bundled classifier gives the original's class"
         + (f" (*{metrics['original']['class']}*)" if "class" in metrics["original"] else "")
         + "."
     )

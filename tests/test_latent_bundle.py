@@ -245,9 +245,20 @@ def test_shipped_latent_bundle_loads_reconstructs_and_is_not_offered_as_a_pixel_
     assert app.available_pipelines() == ["fashion-mnist", "fashion-mnist-latent"]
     # the app, which offers it: a 28×28 image is framed with black (not enlarged); the rate is the KL on the latents
     models = app.load_models("fashion-mnist-latent", device="cpu")
-    result = app.reconstruct(models, images[0, 0].numpy(), num_inference_steps=2)
-    assert result.note == "padded from 28×28 to 32×32 with black" and result.reconstructions.shape == (1, 1, 32, 32)
+    result = app.reconstruct(models, images[0, 0].numpy(), num_inference_steps=2, num_decodes=2)
+    assert result.note == "padded from 28×28 to 32×32 with black" and result.reconstructions.shape == (2, 1, 32, 32)
     assert result.metrics["scorevae"]["kl"] > 0
+    # ... and compared as `scorevae evaluate` does: on the 28×28 image inside the frame, the pixel β-VAE beside it
+    assert result.metrics["settings"]["compared_on"] == "the 28×28 image inside the black frame"
+    inner = center_crop(result.reconstructions[:1], 28, 28)
+    assert result.metrics["scorevae"]["l2"] == pytest.approx(l2(images[:1], inner).item(), rel=1e-5)
+    assert result.beta_vae.shape == (1, 1, 28, 28) and result.metrics["beta_vae"]["kl"] > 0
+    assert result.metrics["scorevae"]["class_kept"] is not None and "class" in result.metrics["original"]
+    assert "over the 28×28 image inside the black frame" in app.metrics_markdown(result.metrics)
+    # an image resized into the 32×32 frame is not a 28×28 one: no β-VAE or classifier for it
+    result = app.reconstruct(models, np.zeros((64, 64), dtype=np.uint8), num_inference_steps=2)
+    assert result.beta_vae is None and "beta_vae" not in result.metrics
+    assert "compared_on" not in result.metrics["settings"]
 
 
 def test_unbuilt_bundle_is_a_clear_error(tmp_path, monkeypatch, capsys):
