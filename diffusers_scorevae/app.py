@@ -286,8 +286,9 @@ def load_models(
     device = cli._device(None if device is None else str(device))
     pipe = cli.load_pipeline(pipeline, None, scheduler, device)
     models = DemoModels(pipe=pipe, name=pipeline, scheduler=scheduler, device=device)
-    channels, height, width = pipe.image_shape
-    if channels == 1 and ((height, width) == FASHION_MNIST_SHAPE or is_framed(FASHION_MNIST_SHAPE, (height, width))):
+    channels, *shape = pipe.image_shape
+    shape = tuple(shape)
+    if channels == 1 and (shape == FASHION_MNIST_SHAPE or is_framed(FASHION_MNIST_SHAPE[::-1], shape)):
         models.beta_vae = BetaVAE.from_pretrained(cli.resolve("fashion-mnist-beta-vae")).to(device).eval()
         models.classifier = FashionMNISTClassifier.from_pretrained(cli.resolve("fashion-mnist-classifier"))
         models.classifier = models.classifier.to(device).eval()
@@ -408,7 +409,7 @@ def reconstruct(
         image gets no β-VAE or classifier there.
     """
     from .data import FASHION_MNIST_CLASSES
-    from .evaluation import beta_vae_reconstruct, center_crop, kl_rate, reconstruction_metrics, same_code_metrics
+    from .evaluation import beta_vae_metrics, center_crop, decode_metrics, kl_rate, reconstruction_metrics
 
     num_inference_steps, guidance_scale = _decode_settings(num_inference_steps, guidance_scale)
     _check_settings(num_inference_steps, guidance_scale, seed, **{"decodes per code": (num_decodes, 1, MAX_DECODES)})
@@ -432,16 +433,13 @@ def reconstruct(
             beta_vae = classifier = None
     originals = compared.expand(num_decodes, *compared.shape[1:])
 
-    metrics = {"scorevae": reconstruction_metrics(compared, measured[:1], classifier)}
+    metrics = {"scorevae": decode_metrics(compared, measured[:, None], classifier)}
     metrics["scorevae"]["kl"] = kl_rate(models.pipe.encoder, original, vae=getattr(models.pipe, "vae", None)).item()
     if num_decodes > 1:
-        metrics["scorevae"].update(same_code_metrics(compared, measured[:, None]))
         metrics["scorevae"]["class_kept"] = _class_kept(classifier, originals, measured)
     baseline = None
     if beta_vae is not None:
-        baseline = beta_vae_reconstruct(beta_vae, compared)
-        metrics["beta_vae"] = reconstruction_metrics(compared, baseline, classifier)
-        metrics["beta_vae"]["kl"] = kl_rate(beta_vae.encoder, compared).item()
+        baseline, metrics["beta_vae"] = beta_vae_metrics(beta_vae, compared, classifier)
     metrics["original"] = {"sharpness": reconstruction_metrics(compared, compared)["sharpness"]}
     if classifier is not None:
         with torch.no_grad():

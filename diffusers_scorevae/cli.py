@@ -92,11 +92,11 @@ def compare(
     is the floor of any reconstruction through those latents. The β-VAE is the 28×28 pixel one."""
     from .evaluation import (
         autoencoder_reconstruct,
-        beta_vae_reconstruct,
+        beta_vae_metrics,
+        decode_metrics,
         fit_to_pipeline,
         kl_rate,
         reconstruction_metrics,
-        same_code_metrics,
         scorevae_decode_samples,
     )
     from .models.beta_vae import BetaVAE
@@ -117,15 +117,11 @@ def compare(
     seconds = (time.time() - start) / num_samples_per_code
     scorevae = decodes[0]
     beta_vae = BetaVAE.from_pretrained(resolve(beta_vae_path)).to(device).eval()
-    baseline = beta_vae_reconstruct(beta_vae, images)
+    baseline, baseline_metrics = beta_vae_metrics(beta_vae, images, classifier, fd=fd)
 
-    scorevae_metrics = reconstruction_metrics(images, scorevae, classifier, fd=fd)
+    scorevae_metrics = decode_metrics(images, decodes, classifier, fd=fd)
     vae = getattr(pipe, "vae", None)
     scorevae_metrics["kl"] = kl_rate(pipe.encoder, fit_to_pipeline(pipe, images), vae=vae).mean().item()
-    if num_samples_per_code > 1:
-        scorevae_metrics.update(same_code_metrics(images, decodes))
-    beta_vae_metrics = reconstruction_metrics(images, baseline, classifier, fd=fd)
-    beta_vae_metrics["kl"] = kl_rate(beta_vae.encoder, images).mean().item()
     metrics = {
         "num_images": len(images),
         "num_inference_steps": args.num_inference_steps,
@@ -136,7 +132,7 @@ def compare(
         "prior": args.prior or args.pipeline,
         "num_samples_per_code": num_samples_per_code,
         "scorevae": scorevae_metrics,
-        "beta_vae": beta_vae_metrics,
+        "beta_vae": baseline_metrics,
         "originals": {"sharpness": reconstruction_metrics(images, images)["sharpness"]},
         "scorevae_seconds": seconds,  # one decode of every image (the K decodes' time / K)
     }

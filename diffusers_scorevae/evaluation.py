@@ -223,6 +223,25 @@ def reconstruction_metrics(
     return result
 
 
+def decode_metrics(originals: torch.Tensor, decodes: torch.Tensor, classifier=None, fd: bool = False) -> dict:
+    """[`reconstruction_metrics`] of the first of K decodes `(K, N, C, H, W)` (e.g. from [`scorevae_decode_samples`]),
+    plus [`same_code_metrics`] when K ≥ 2."""
+    result = reconstruction_metrics(originals, decodes[0], classifier, fd)
+    if decodes.shape[0] > 1:
+        result.update(same_code_metrics(originals, decodes))
+    return result
+
+
+@torch.no_grad()
+def beta_vae_metrics(model, originals: torch.Tensor, classifier=None, fd: bool = False) -> tuple[torch.Tensor, dict]:
+    """The β-VAE baseline on `originals` (in [0, 1]): its reconstructions ([`beta_vae_reconstruct`]) and their
+    [`reconstruction_metrics`] with its rate `kl` (mean KL of its posterior to N(0, I), nats per image)."""
+    reconstructions = beta_vae_reconstruct(model, originals)
+    result = reconstruction_metrics(originals, reconstructions, classifier, fd)
+    result["kl"] = kl_rate(model.encoder, originals).mean().item()
+    return reconstructions, result
+
+
 def same_code_metrics(originals: torch.Tensor, decodes: torch.Tensor) -> dict:
     r"""
     How the decodes of one code spread, from K ≥ 2 decodes per image (MATH.md §8): `l2_mean_of_k`, the mean L2 of the

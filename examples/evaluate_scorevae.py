@@ -39,10 +39,10 @@ import torch
 from diffusers_scorevae import ScoreVAEPipeline
 from diffusers_scorevae.data import FASHION_MNIST_DIR, load_fashion_mnist
 from diffusers_scorevae.evaluation import (
-    beta_vae_reconstruct,
+    beta_vae_metrics,
+    decode_metrics,
     kl_rate,
     reconstruction_metrics,
-    same_code_metrics,
     scorevae_decode_samples,
 )
 
@@ -188,8 +188,7 @@ def main(args):
 
     if args.beta_vae:
         model = BetaVAE.from_pretrained(args.beta_vae).to(device).eval()
-        results["beta_vae"] = reconstruction_metrics(originals, beta_vae_reconstruct(model, originals), classifier, fd)
-        results["beta_vae"]["kl"] = kl_rate(model.encoder, originals).mean().item()
+        results["beta_vae"] = beta_vae_metrics(model, originals, classifier, fd)[1]
         print("beta_vae", results["beta_vae"], flush=True)
 
     for path in args.pipelines:
@@ -224,10 +223,8 @@ def main(args):
             )
             seconds = (time.time() - start) / args.num_samples_per_code  # one decode of every image
             reconstructions = decodes[0]
-            entry = reconstruction_metrics(originals, reconstructions, classifier, fd)
+            entry = decode_metrics(originals, decodes, classifier, fd)
             entry["kl"] = kl
-            if args.num_samples_per_code > 1:
-                entry.update(same_code_metrics(originals, decodes))
             entry["seconds"] = seconds
             entry["model_evals"] = sum(unet_calls) / (len(originals) * args.num_samples_per_code)
             entry["clip_sample"] = pipe.scheduler.config.get("clip_sample")

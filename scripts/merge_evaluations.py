@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from diffusers_scorevae.data import load_fashion_mnist
-from diffusers_scorevae.evaluation import beta_vae_reconstruct, kl_rate, reconstruction_metrics, same_code_metrics
+from diffusers_scorevae.evaluation import beta_vae_metrics, decode_metrics, reconstruction_metrics
 
 SHARED = (
     "num_samples_per_code",
@@ -94,8 +94,7 @@ def merge(paths, device="cpu"):
     )
     if "beta_vae" in first:
         model = BetaVAE.from_pretrained(first["beta_vae_path"]).to(device).eval()
-        results["beta_vae"] = reconstruction_metrics(originals, beta_vae_reconstruct(model, originals), classifier, fd)
-        results["beta_vae"]["kl"] = kl_rate(model.encoder, originals).mean().item()
+        results["beta_vae"] = beta_vae_metrics(model, originals, classifier, fd)[1]
     weights = [part["num_images"] / count for part in parts]
     for pipeline, settings in first.get("scorevae", {}).items():
         for setting in settings:
@@ -105,9 +104,7 @@ def merge(paths, device="cpu"):
                 raise ValueError(f"{pipeline} {setting}: a run has no saved decodes (run it with --save_decodes).")
             arrays = [np.load(os.path.join(part["_folder"], e["decodes"])) for part, e in zip(parts, entries)]
             decodes = torch.from_numpy(np.concatenate(arrays, axis=1))
-            entry = reconstruction_metrics(originals, decodes[0], classifier, fd)
-            if decodes.shape[0] > 1:
-                entry.update(same_code_metrics(originals, decodes))
+            entry = decode_metrics(originals, decodes, classifier, fd)
             entry["kl"] = sum(w * e["kl"] for w, e in zip(weights, entries))
             entry["seconds"] = sum(e["seconds"] for e in entries)
             entry["model_evals"] = sum(w * e["model_evals"] for w, e in zip(weights, entries))
