@@ -1,0 +1,76 @@
+"""Loading pipelines by bundled name, folder or Hub id: the one place the `scorevae` command, the app and the
+benchmarks share. It imports the package's models and pipeline, never the command or the app.
+
+Decoding settings are not here: they travel with the model (the encoder's config and the pipeline's
+`model_index.json`, see `ScoreVAEPipeline.decode_defaults`), and `None` for a setting means "what the model saved".
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .bundled import BUILDABLE, BUNDLED, pretrained_path
+
+# Scheduler types the command, the app and the benchmarks can switch a pipeline to (`--scheduler NAME`).
+SCHEDULERS = ("ddpm", "ddim")
+
+
+def default_device(name: str | torch.device | None = None) -> torch.device:
+    """`name` as a `torch.device`; `None` picks CUDA when available, else the CPU."""
+    if name is not None:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve(name_or_path: str) -> str:
+    """A bundled name (see `pretrained_path`) as its folder; a local folder or a Hub repo id unchanged."""
+    return pretrained_path(name_or_path) if name_or_path in BUNDLED or name_or_path in BUILDABLE else name_or_path
+
+
+def scheduler_class(name: str):
+    """The diffusers scheduler class of a short name in `SCHEDULERS`."""
+    import diffusers
+
+    classes = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}
+    if name not in classes:
+        raise ValueError(f"scheduler {name!r} is not supported here; choose one of {SCHEDULERS}.")
+    return classes[name]
+
+
+def load_pipeline(
+    pipeline: str = "fashion-mnist",
+    prior: str | None = None,
+    scheduler: str | None = None,
+    device: str | torch.device | None = None,
+    clip_sample: bool | None = None,
+):
+    """Load a `ScoreVAEPipeline` by bundled name, folder or Hub id.
+
+    Args:
+        pipeline (`str`, *optional*, defaults to `"fashion-mnist"`):
+            The pipeline: a bundled name, a folder or a Hub repo id.
+        prior (`str`, *optional*):
+            Decode with this prior instead (its unet + scheduler: a pipeline repo or folder in either layout, e.g.
+            `google/ddpm-cifar10-32`); only the pipeline's encoder is kept. Its saved decoding settings travel in the
+            encoder's config, so they apply to the new prior too.
+        scheduler (`str`, *optional*):
+            Switch to this scheduler type (one of `SCHEDULERS`), built from the loaded scheduler's config.
+        device (`str` or `torch.device`, *optional*):
+            Where to put the pipeline; defaults to CUDA when available.
+        clip_sample (`bool`, *optional*):
+            Rewrite the scheduler's `clip_sample` (where its config has one). `None` keeps the saved config; guided
+            decodes do not clip x̂_0 unless asked (see `ScoreVAEPipeline.__call__`'s `clip_sample`).
+    """
+    from .models import ScoreVAEEncoder
+    from .pipelines import ScoreVAEPipeline
+
+    if prior is None:
+        pipe = ScoreVAEPipeline.from_pretrained(resolve(pipeline))
+    else:
+        encoder = ScoreVAEEncoder.from_pretrained(resolve(pipeline), subfolder="encoder")
+        pipe = ScoreVAEPipeline.from_pretrained(resolve(prior), encoder=encoder)
+    if scheduler is not None:
+        pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
+    if clip_sample is not None and "clip_sample" in pipe.scheduler.config:
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, clip_sample=clip_sample)
+    return pipe.to(default_device(device))
