@@ -4,8 +4,13 @@ The modules, by concern; each imports only the ones before it, and none imports 
 the pipeline import the mixins):
 
 - `download`: which files loading a pipeline needs, fetching them, and loading a prior's UNet and scheduler.
-- `model_card`: the model card, and the comparison of an encoder's recorded prior with another prior.
-- `upload`: pushing a folder with its model card, and the training script's push of a saved pipeline.
+- `model_card`: the model card (with the decode settings saved in the encoder's config and `model_index.json`), and
+  the comparison of an encoder's recorded prior with another prior.
+- `upload`: pushing a folder with its model card, and pushing a saved pipeline folder (a training run's output).
+
+Library functions take keyword arguments; the training scripts own their argparse. `training_summary(args, ...)`,
+`training_datasets(args)` and `push_pipeline_to_hub(output_dir, repo_id, args)`, the old calls with the training
+script's namespace, still work for one release with a `FutureWarning`.
 - `mixins`: what [`ScoreVAEEncoder`] and [`ScoreVAEPipeline`] add to diffusers' loading and pushing.
 
 diffusers resolves pipelines from repo ids in ways that break a third-party package; each trap and what we do:

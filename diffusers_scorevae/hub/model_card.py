@@ -1,10 +1,15 @@
 """Model cards: the README a pushed ScoreVAE pipeline or encoder gets (metadata, usage, the prior it was trained
-against, training settings, evaluation), and the comparison of an encoder's recorded prior with another prior."""
+against, the decode settings saved with it, training settings, evaluation), and the comparison of an encoder's
+recorded prior with another prior."""
 
 from __future__ import annotations
 
+import argparse
+import functools
 import json
 import os
+import types
+import warnings
 
 from huggingface_hub import ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
@@ -60,6 +65,7 @@ def create_model_card(
     """
     # a pipeline's card lists how its prior differs from the one its encoder was trained against
     vae_config = None  # a latent-diffusion prior's autoencoder: the pipeline's images are its pixels
+    pipeline_config = {}  # model_index.json: the pipeline-level decode settings (`num_inference_steps`)
     if isinstance(model, (str, os.PathLike)):
         encoder_config, unet_config, scheduler_config = _saved_pipeline_configs(model)
         prior_notes = _describe_prior_compatibility(encoder_config.get("prior"), unet_config, scheduler_config)
@@ -67,10 +73,13 @@ def create_model_card(
         if os.path.isfile(vae_path):
             with open(vae_path, encoding="utf-8") as f:
                 vae_config = json.load(f)
+        with open(os.path.join(model, "model_index.json"), encoding="utf-8") as f:
+            pipeline_config = json.load(f)
     elif hasattr(model, "encoder"):
         encoder_config = model.encoder.config
         prior_notes = describe_prior_compatibility(model.encoder, model.unet, model.scheduler)
         vae_config = model.vae.config if getattr(model, "vae", None) is not None else None
+        pipeline_config = model.config
     else:
         encoder_config, prior_notes = model.config, None
     is_pipeline = prior_notes is not None
@@ -109,7 +118,7 @@ from diffusers_scorevae import ScoreVAEPipeline
 pipe = ScoreVAEPipeline.from_pretrained("{repo_id}")
 images = torch.rand(4, {channels}, {size}, {size})  # (batch, channels, height, width) in [0, 1]
 codes = pipe.encode(images)  # (4, {latent_dim})
-reconstructions = pipe(latent_codes=codes, num_inference_steps=50, generator=torch.manual_seed(0)).images
+reconstructions = pipe(latent_codes=codes, generator=torch.manual_seed(0)).images  # the saved decode settings
 samples = pipe(batch_size=4, generator=torch.manual_seed(0)).images  # z ~ N(0, I)
 ```"""
     else:
@@ -130,7 +139,7 @@ encoder = ScoreVAEEncoder.from_pretrained("{repo_id}")
 pipe = ScoreVAEPipeline.from_pretrained("{prior_id}", encoder=encoder)  # the prior: unet + scheduler
 images = torch.rand(4, {channels}, {size}, {size})  # (batch, channels, height, width) in [0, 1]
 codes = pipe.encode(images)  # (4, {latent_dim})
-reconstructions = pipe(latent_codes=codes, num_inference_steps=50, generator=torch.manual_seed(0)).images
+reconstructions = pipe(latent_codes=codes, generator=torch.manual_seed(0)).images  # the encoder's decode settings
 ```"""
 
     lines = [
@@ -154,6 +163,7 @@ reconstructions = pipe(latent_codes=codes, num_inference_steps=50, generator=tor
         lines += ["## The prior it was trained against", "", "| | |", "|---|---|"]
         lines += [f"| {key} | {_format(value)} |" for key, value in sorted(prior.items())]
         lines += ["", _PRIOR_NOTE + "".join(f"\n- {note}" for note in prior_notes or ()), ""]
+    lines += decode_settings_section(encoder_config, pipeline_config)
     settings = {"latent size": latent_dim, "clean-image log-SNR": encoder_config["clean_log_snr"]}
     for key, label in _TRAINING_LABELS.items():
         if training.get(key) is not None:
@@ -192,10 +202,50 @@ _TRAINING_LABELS = {
     "train_batch_size": "batch size per process",
     "use_ema": "EMA weights",
 }
+# The decode settings a model is saved with, as the card labels them: the encoder's config carries what the encoder
+# was tuned for (so they survive a prior swap and an encoder-only push), model_index.json the pipeline-level ones.
+ENCODER_DECODE_SETTINGS = {
+    "guidance_scale": "guidance scale γ",
+    "guidance_log_snr_range": "encoder term at log-SNR in",
+    "inversion_log_snr_range": "inversion guided at log-SNR in",
+    "realism": "realism (1: a posterior sample from noise; 0: the mean estimate)",
+}
+PIPELINE_DECODE_SETTINGS = {"num_inference_steps": "inference steps"}
+_NO_DECODE_SETTINGS = (
+    "This model saves no decode settings: a decode uses the pipeline's defaults (50 steps, guidance scale 1, the "
+    "encoder term at every step) unless you pass them."
+)
+_DECODE_NOTE = (
+    "Saved with the model: `pipe(...)` with these arguments left unset decodes with them, an explicit argument wins, "
+    "and `pipe.decode_defaults` returns them resolved. Guided decodes do not clip x̂_0 unless `clip_sample=True` is "
+    "passed."
+)
+
 _PRIOR_NOTE = (
     "The encoder is conditioned on log-SNR, so any scheduler, noise schedule or prediction type of a prior over the "
     "same data works with it; the prior's image size and channels must match."
 )
+
+
+def decode_settings_section(encoder_config, pipeline_config=None) -> list[str]:
+    """The card's "Decoding" section: the decode settings saved in an encoder's config and (for a pipeline) its
+    `model_index.json`, as markdown lines; keys the configs lack are left out, and a model with none says so."""
+    sources = ((pipeline_config or {}, PIPELINE_DECODE_SETTINGS), (encoder_config, ENCODER_DECODE_SETTINGS))
+    rows = [
+        f"| {label} | {_format_range(config[key]) if key.endswith('_range') else _format(config[key])} |"
+        for config, labels in sources
+        for key, label in labels.items()
+        if config.get(key) is not None
+    ]
+    if not rows:
+        return ["## Decoding", "", _NO_DECODE_SETTINGS, ""]
+    return ["## Decoding", "", _DECODE_NOTE, "", "| setting | value |", "|---|---|", *rows, ""]
+
+
+def _format_range(value) -> str:
+    """A log-SNR range `[low, high]` (JSON `null` or ±inf for an unbounded end) as `[low, high]` with ∞."""
+    low, high = (None if v is None or abs(float(v)) == float("inf") else float(v) for v in value)
+    return f"[{'−∞' if low is None else f'{low:g}'}, {'∞' if high is None else f'{high:g}'}]"
 
 
 def _saved_pipeline_configs(folder) -> tuple[dict, dict, dict]:
@@ -267,11 +317,81 @@ def _normalise(value):
     return list(value) if isinstance(value, tuple) else value
 
 
-def training_summary(args, output_dir: str | None = None) -> dict:
-    """The training settings the model card shows, from the training script's `args` and `output_dir/train_log.jsonl`
-    (the last logged step and loss, when the log exists)."""
-    keys = ("beta", "loss_weighting", "timestep_sampling", "max_train_steps", "learning_rate", "train_batch_size")
-    summary = {key: getattr(args, key, None) for key in keys + ("use_ema",)}
+def _accepts_namespace(position: int, to_kwargs, later: tuple[str, ...] = ()):
+    """Keep a function's old argparse call working for one release: an `argparse.Namespace` at `position` is replaced
+    by the keyword arguments `to_kwargs(namespace)` returns, with a `FutureWarning`. `later` names the old call's
+    positional parameters after the namespace, which the new signature takes by keyword."""
+
+    def decorate(function):
+        @functools.wraps(function)
+        def wrapper(*args, **kwargs):
+            if len(args) > position and isinstance(args[position], (argparse.Namespace, types.SimpleNamespace)):
+                warnings.warn(
+                    f"Passing the training script's argparse namespace to `{function.__name__}` is deprecated and "
+                    "will be removed in the next release; pass its keyword arguments instead.",
+                    FutureWarning,
+                    stacklevel=2,
+                )
+                namespace, rest = args[position], args[position + 1 :]
+                kwargs = {**to_kwargs(namespace), **dict(zip(later, rest)), **kwargs}
+                args = args[:position]
+            return function(*args, **kwargs)
+
+        return wrapper
+
+    return decorate
+
+
+def _read_keys(*keys):
+    """A `to_kwargs` for [`_accepts_namespace`]: the attributes `keys` of a namespace (missing ones as `None`)."""
+    return lambda namespace: {key: getattr(namespace, key, None) for key in keys}
+
+
+TRAINING_SUMMARY_KEYS = (
+    "beta",
+    "loss_weighting",
+    "timestep_sampling",
+    "max_train_steps",
+    "learning_rate",
+    "train_batch_size",
+    "use_ema",
+)
+
+
+@_accepts_namespace(0, _read_keys(*TRAINING_SUMMARY_KEYS), later=("output_dir",))
+def training_summary(
+    output_dir: str | os.PathLike | None = None,
+    *,
+    beta: float | None = None,
+    loss_weighting: str | None = None,
+    timestep_sampling: str | None = None,
+    max_train_steps: int | None = None,
+    learning_rate: float | None = None,
+    train_batch_size: int | None = None,
+    use_ema: bool | None = None,
+) -> dict:
+    r"""
+    The training settings a model card shows (the `training` argument of [`create_model_card`]).
+
+    Args:
+        output_dir (`str` or `os.PathLike`, *optional*):
+            A training run's folder: the last logged step and loss of its `train_log.jsonl`, when it exists, are added
+            as `steps` and `final_loss`.
+        beta, loss_weighting, timestep_sampling, max_train_steps, learning_rate, train_batch_size, use_ema:
+            The run's settings; `None` ones are left off the card.
+
+    Returns:
+        `dict`: the settings by name, in the card's order.
+    """
+    summary = dict(
+        beta=beta,
+        loss_weighting=loss_weighting,
+        timestep_sampling=timestep_sampling,
+        max_train_steps=max_train_steps,
+        learning_rate=learning_rate,
+        train_batch_size=train_batch_size,
+        use_ema=use_ema,
+    )
     log_path = os.path.join(output_dir, "train_log.jsonl") if output_dir else None
     if log_path and os.path.isfile(log_path):
         with open(log_path, encoding="utf-8") as f:
@@ -282,10 +402,12 @@ def training_summary(args, output_dir: str | None = None) -> dict:
     return summary
 
 
-def training_datasets(args) -> list[str] | None:
-    """Hub ids of the data the training script used: `--dataset_name`, or Fashion-MNIST for `--fashion_mnist_dir`."""
-    if getattr(args, "dataset_name", None):
-        return [args.dataset_name]
-    if getattr(args, "fashion_mnist_dir", None):
+@_accepts_namespace(0, _read_keys("dataset_name", "fashion_mnist_dir"))
+def training_datasets(dataset_name: str | None = None, fashion_mnist_dir: str | None = None) -> list[str] | None:
+    """Hub ids of a training run's data: `dataset_name`, or Fashion-MNIST's when it was read from `fashion_mnist_dir`
+    (a local copy); `None` when neither is given."""
+    if dataset_name:
+        return [dataset_name]
+    if fashion_mnist_dir:
         return ["zalando-datasets/fashion_mnist"]
     return None

@@ -11,13 +11,16 @@ import os
 import shutil
 import tempfile
 
-from diffusers.utils import logging
 from huggingface_hub import HfApi
 
 from .download import list_folder_files, select_pipeline_files
-from .model_card import create_model_card, training_datasets, training_summary
-
-logger = logging.get_logger(__name__)
+from .model_card import (
+    TRAINING_SUMMARY_KEYS,
+    _accepts_namespace,
+    create_model_card,
+    training_datasets,
+    training_summary,
+)
 
 
 def upload_with_model_card(
@@ -59,14 +62,56 @@ def check_safe_serialization(safe_serialization: bool):
         )
 
 
-def push_pipeline_to_hub(output_dir: str, repo_id: str, args, metrics: dict | None = None):
-    """
-    Push the pipeline the training script saved in `output_dir` to `repo_id`, with a model card of its training
-    settings (`args`: `beta`, `latent_dim`, `loss_weighting`, `max_train_steps`, the dataset, `hub_token`) and of the
+def _push_kwargs_from_namespace(namespace) -> dict:
+    """The keyword arguments of [`push_pipeline_to_hub`] that its deprecated call `push_pipeline_to_hub(output_dir,
+    repo_id, args)` read from the training script's args."""
+    return {
+        "training": {key: getattr(namespace, key, None) for key in TRAINING_SUMMARY_KEYS},
+        "datasets": training_datasets(
+            getattr(namespace, "dataset_name", None), getattr(namespace, "fashion_mnist_dir", None)
+        ),
+        "token": getattr(namespace, "hub_token", None),
+    }
+
+
+@_accepts_namespace(2, _push_kwargs_from_namespace, later=("metrics",))
+def push_pipeline_to_hub(
+    output_dir: str | os.PathLike,
+    repo_id: str,
+    *,
+    training: dict | None = None,
+    datasets: list[str] | None = None,
+    metrics: dict | None = None,
+    token: str | None = None,
+    private: bool | None = None,
+    commit_message: str | None = None,
+):
+    r"""
+    Push the pipeline a training run saved in `output_dir` to `repo_id`, with a model card (see
+    [`create_model_card`]) of the saved configs, the decode settings saved with it, the training settings and the
     last logged step and loss of `output_dir/train_log.jsonl`.
 
-    The pipeline's files are uploaded as saved (`model_index.json`, `unet/`, `scheduler/`, `encoder/`: configs and
-    safetensors weights) with the card as README.md; not the checkpoints or logs beside them.
+    The pipeline's files are uploaded as saved (`model_index.json`, `unet/`, `scheduler/`, `encoder/`, `vae/` when
+    present: configs and safetensors weights) with the card as README.md; not the checkpoints or logs beside them.
+
+    Args:
+        output_dir (`str` or `os.PathLike`):
+            The folder the pipeline was saved in (`save_pretrained`, or a training run's `--output_dir`).
+        repo_id (`str`):
+            The Hub repo to create (if needed) and upload to.
+        training (`dict`, *optional*):
+            The run's settings, as [`training_summary`]'s keyword arguments (`beta`, `loss_weighting`,
+            `timestep_sampling`, `max_train_steps`, `learning_rate`, `train_batch_size`, `use_ema`).
+        datasets (`List[str]`, *optional*):
+            Hub dataset ids of the training data (see [`training_datasets`]).
+        metrics (`dict`, *optional*):
+            Evaluation numbers for the card.
+        token (`str`, *optional*):
+            The Hub token; defaults to the logged-in one.
+        private (`bool`, *optional*):
+            Whether a repo created here is private.
+        commit_message (`str`, *optional*):
+            Defaults to "ScoreVAE encoder, step N" (the last logged step, else the planned `max_train_steps`).
 
     Returns:
         The `huggingface_hub` commit info of the upload.
@@ -80,12 +125,8 @@ def push_pipeline_to_hub(output_dir: str, repo_id: str, args, metrics: dict | No
         use_safetensors=True,
         name=output_dir,
     )
-    with open(os.path.join(output_dir, "encoder", "config.json"), encoding="utf-8") as f:
-        saved_latent_dim = json.load(f)["latent_dim"]
-    latent_dim = getattr(args, "latent_dim", None)
-    if latent_dim is not None and latent_dim != saved_latent_dim:  # --init_encoder decides otherwise
-        logger.warning(f"args.latent_dim={latent_dim} but the saved encoder has {saved_latent_dim}.")
-    training = training_summary(args, output_dir)
+    training = training_summary(output_dir, **(training or {}))
+    step = training.get("steps") or training.get("max_train_steps")
     with tempfile.TemporaryDirectory() as folder:
         for path in files:
             os.makedirs(os.path.dirname(os.path.join(folder, path)), exist_ok=True)
@@ -94,9 +135,10 @@ def push_pipeline_to_hub(output_dir: str, repo_id: str, args, metrics: dict | No
             folder,
             repo_id,
             model=output_dir,
-            commit_message=f"ScoreVAE encoder, step {training.get('steps') or training.get('max_train_steps')}",
-            token=getattr(args, "hub_token", None),
+            commit_message=commit_message or f"ScoreVAE encoder, step {step}",
+            private=private,
+            token=token,
             training=training,
-            datasets=training_datasets(args),
+            datasets=datasets,
             metrics=metrics,
         )
