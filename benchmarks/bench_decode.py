@@ -1,10 +1,10 @@
 """Decode cost of ScoreVAE next to unconditional sampling with the same UNet, scheduler, steps and batch.
 
 The UNet has the architecture of `google/ddpm-cifar10-32` (35.7M parameters, random weights: the cost does not depend
-on them), the encoder is the default `ScoreVAEEncoder(32, 3, 384)`, the scheduler DDIM. Both runs use one
-`ScoreVAEPipeline`: `guidance_scale=1` with latent codes given (ScoreVAE decoding: one UNet forward plus one encoder
-forward and backward per step) against `guidance_scale=0` (which is the unconditional sampler bit for bit and never
-runs the encoder; the tests check this against diffusers' own pipelines).
+on them), the encoder is the default `ScoreVAEEncoder(32, 3, 384)`, the scheduler DDPM without x̂_0 clipping
+(`--scheduler ddim`: DDIM). Both runs use one `ScoreVAEPipeline`: ScoreVAE decoding with latent codes given (one UNet
+forward plus one encoder forward and backward per guided step) against `guidance_scale=0` (which is the
+unconditional sampler bit for bit and never runs the encoder; the tests check this against diffusers' own pipelines).
 
 Time: the two are alternated, after one warm-up each, and the median over `--repeats` calls is taken.
 Memory:
@@ -19,15 +19,14 @@ Memory:
     On a shared CPU the wall-clock times are noisy; the process CPU time (`time.process_time`, all threads of this
     process) is reported beside them and is less disturbed by other processes.
 
-`--pipeline NAME|PATH|ID` measures a trained ScoreVAEPipeline instead (e.g. the bundled `fashion-mnist`, issue 5):
-its own UNet and encoder, ScoreVAE decoding at the command's default guidance scale (`cli.DEFAULT_GUIDANCE`; the cost
-does not depend on the scale) against unconditional sampling with its own prior.
+`--pipeline NAME|PATH|ID` measures a trained ScoreVAEPipeline instead (e.g. the bundled `fashion-mnist`): its own
+UNet, scheduler and encoder, decoding with the settings saved with it (`pipe.decode_defaults`: steps, guidance scale,
+the log-SNR range of the encoder term, realism) against unconditional sampling with its own prior.
 
-Both default to the command's recommended decode (`diffusers_scorevae.cli`): `DEFAULT_SCHEDULER` (DDPM) with
-`DEFAULT_STEPS` steps and the encoder term only inside `DEFAULT_GUIDANCE_LOG_SNR_RANGE` (the encoder does not run at
-the other steps); `--scheduler ddim`, `--num_inference_steps N` and `--every_step` (guide every step) measure others.
-
-Targets (issues 3, 5 and 13): time ratio <= 1.3, memory ratio <= 1.5.
+Every decode setting left unset is the pipeline's saved one (the random-weights pipeline saves none: 50 steps, γ 1,
+every step guided); `--num_inference_steps N`, `--guidance_scale G`, `--scheduler ddpm|ddim`, `--every_step` (guide
+every step) and `--realism R` (start from the `decoder`'s mean estimate part-way down the schedule; passed only when
+given; both modes get it) measure others. Targets: time ratio <= 1.3, memory ratio <= 1.5.
 
     python benchmarks/bench_decode.py --batch_size 4 --num_inference_steps 10 --device cpu --repeats 3
     python benchmarks/bench_decode.py --pipeline fashion-mnist --batch_size 64
@@ -45,20 +44,14 @@ import sys
 import time
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import UNet2DModel
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
-from diffusers_scorevae.cli import (
-    DEFAULT_CLIP_SAMPLE,
-    DEFAULT_GUIDANCE,
-    DEFAULT_GUIDANCE_LOG_SNR_RANGE,
-    DEFAULT_SCHEDULER,
-    DEFAULT_STEPS,
-)
+from diffusers_scorevae.loading import SCHEDULERS, default_device, load_pipeline, scheduler_class
 from diffusers_scorevae.noise import scheduler_log_snr
 from diffusers_scorevae.pipelines.pipeline_scorevae import guided_log_snr
 
-SCHEDULERS = {"ddpm": DDPMScheduler, "ddim": DDIMScheduler}
+EVERY_STEP = (float("-inf"), float("inf"))
 
 MODES = ("scorevae", "unconditional")
 
@@ -66,24 +59,22 @@ MODES = ("scorevae", "unconditional")
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--num_inference_steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=DEFAULT_SCHEDULER)
+    parser.add_argument("--num_inference_steps", type=int, default=None, help="Default: the pipeline's saved steps.")
+    parser.add_argument("--scheduler", choices=SCHEDULERS, default=None, help="Default: the pipeline's scheduler.")
     parser.add_argument(
-        "--every_step", action="store_true", help="Guide every step (default: the command's guidance_log_snr_range)."
+        "--every_step", action="store_true", help="Guide every step (default: the saved guidance_log_snr_range)."
     )
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--realism", type=float, default=None, help="Decode at this realism (0..1); default: the saved one."
+    )
+    parser.add_argument("--device", default=str(default_device()))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent_dim", type=int, default=384)
     parser.add_argument("--pipeline", default=None, help="A trained ScoreVAEPipeline: bundled name, folder or Hub id.")
-    parser.add_argument(
-        "--guidance_scale", type=float, default=None, help="Default: 1, or the command's with --pipeline."
-    )
+    parser.add_argument("--guidance_scale", type=float, default=None, help="Default: the pipeline's saved one.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory_worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one CPU memory run
-    args = parser.parse_args(input_args)
-    if args.guidance_scale is None:
-        args.guidance_scale = DEFAULT_GUIDANCE if args.pipeline is not None else 1.0
-    return args
+    return parser.parse_args(input_args)
 
 
 def cifar10_unet() -> UNet2DModel:
@@ -100,33 +91,38 @@ def cifar10_unet() -> UNet2DModel:
 
 
 def build_pipeline(args) -> ScoreVAEPipeline:
-    """google/ddpm-cifar10-32's UNet architecture with random weights, the default encoder, DDIM; or `--pipeline`."""
+    """`--pipeline` as saved (`--scheduler` switches its scheduler type), or google/ddpm-cifar10-32's UNet
+    architecture with random weights beside the default encoder, DDPM without x̂_0 clipping."""
     if args.pipeline is not None:
-        from diffusers_scorevae.cli import resolve
-
-        pipe = ScoreVAEPipeline.from_pretrained(resolve(args.pipeline)).to(args.device)
+        pipe = load_pipeline(args.pipeline, scheduler=args.scheduler, device=args.device)
     else:
         torch.manual_seed(args.seed)
         unet = cifar10_unet()
         encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
         torch.nn.init.normal_(encoder.proj_out.weight, std=1e-3)  # a non-zero score, as a trained encoder has
-        pipe = ScoreVAEPipeline(unet=unet, scheduler=DDPMScheduler(), encoder=encoder).to(args.device)
-    pipe.scheduler = SCHEDULERS[args.scheduler].from_config(pipe.scheduler.config, clip_sample=DEFAULT_CLIP_SAMPLE)
+        scheduler = scheduler_class(args.scheduler or "ddpm")(clip_sample=False)
+        pipe = ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=encoder).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
+def decode_kwargs(args) -> dict:
+    """The decode settings given on the command line; every other one is the pipeline's saved default."""
+    given = {
+        "num_inference_steps": args.num_inference_steps,
+        "guidance_scale": args.guidance_scale,
+        "guidance_log_snr_range": EVERY_STEP if args.every_step else None,
+        "realism": args.realism,
+    }
+    return {key: value for key, value in given.items() if value is not None}
+
+
 def decode(pipe: ScoreVAEPipeline, args, mode: str, latent_codes: torch.Tensor):
-    guidance_scale = args.guidance_scale if mode == "scorevae" else 0.0
+    kwargs = decode_kwargs(args)
+    if mode == "unconditional":
+        kwargs["guidance_scale"] = 0.0  # the prior's own sampler, bit for bit; the encoder never runs
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
-    return pipe(
-        latent_codes=latent_codes,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=guidance_scale,
-        guidance_log_snr_range=None if args.every_step else DEFAULT_GUIDANCE_LOG_SNR_RANGE,
-        generator=generator,
-        output_type="pt",
-    ).images
+    return pipe(latent_codes=latent_codes, generator=generator, output_type="pt", **kwargs).images
 
 
 def synchronize(device):
@@ -199,11 +195,18 @@ def cpu_memory(args) -> dict[str, dict[str, float]]:
     memory = {}
     for mode in MODES:
         command = [sys.executable, __file__, "--memory_worker", mode, "--device", args.device]
-        command += ["--batch_size", str(args.batch_size), "--num_inference_steps", str(args.num_inference_steps)]
-        command += ["--latent_dim", str(args.latent_dim), "--seed", str(args.seed), "--scheduler", args.scheduler]
+        command += [
+            "--batch_size",
+            str(args.batch_size),
+            "--latent_dim",
+            str(args.latent_dim),
+            "--seed",
+            str(args.seed),
+        ]
         command += ["--every_step"] if args.every_step else []
-        if args.pipeline is not None:
-            command += ["--pipeline", args.pipeline, "--guidance_scale", str(args.guidance_scale)]
+        for option in ("num_inference_steps", "scheduler", "pipeline", "guidance_scale", "realism"):
+            if getattr(args, option) is not None:
+                command += [f"--{option}", str(getattr(args, option))]
         result = subprocess.run(command, check=True, capture_output=True, text=True)
         memory[mode] = json.loads(result.stdout.strip().splitlines()[-1])
     return memory
@@ -227,15 +230,15 @@ def main(args):
         print(
             f"pipeline {args.pipeline}: UNet {unet_params / 1e6:.2f}M, encoder {encoder_params / 1e6:.2f}M parameters"
         )
-    scheduler_name = type(pipe.scheduler).__name__
-    print(
-        f"scheduler: {scheduler_name}, {args.num_inference_steps} steps, batch {args.batch_size}, "
-        f"{args.repeats} repeats"
-    )
-    pipe.scheduler.set_timesteps(args.num_inference_steps)
-    log_snr_range = None if args.every_step else DEFAULT_GUIDANCE_LOG_SNR_RANGE
+    settings = {**pipe.decode_defaults, **decode_kwargs(args)}  # what the ScoreVAE decode will use
+    print(f"scheduler: {type(pipe.scheduler).__name__}, batch {args.batch_size}, {args.repeats} repeats")
+    print(f"decode settings: {settings}")
+    steps, log_snr_range = settings["num_inference_steps"], settings["guidance_log_snr_range"]
+    if log_snr_range is not None:  # saved as a JSON list, `null` for an unbounded end
+        log_snr_range = tuple(float(sign + "inf") if end is None else end for sign, end in zip("-+", log_snr_range))
+    pipe.scheduler.set_timesteps(steps)
     guided = sum(guided_log_snr(scheduler_log_snr(pipe.scheduler, t), log_snr_range) for t in pipe.scheduler.timesteps)
-    print(f"encoder term at {guided} of {args.num_inference_steps} steps (guidance_log_snr_range={log_snr_range})")
+    print(f"encoder term at {guided} of {steps} scheduler steps (before any realism start part-way down)")
 
     latent_codes = torch.randn(args.batch_size, args.latent_dim, generator=torch.Generator().manual_seed(1))
     latent_codes = latent_codes.to(args.device)
