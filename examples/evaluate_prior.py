@@ -25,6 +25,7 @@ from diffusers_scorevae.data import (
     load_fashion_mnist,
     load_fashion_mnist_from_hub,
 )
+from diffusers_scorevae.loading import SCHEDULERS
 from diffusers_scorevae.metrics import classifier_features, frechet_distance, sharpness
 from diffusers_scorevae.models.classifier import FashionMNISTClassifier
 
@@ -54,7 +55,7 @@ def parse_args(input_args=None):
         default=None,
         help="Sampling steps; defaults to the training timesteps for ddpm and 100 for ddim.",
     )
-    parser.add_argument("--scheduler", type=str, default="ddpm", choices=["ddpm", "ddim"])
+    parser.add_argument("--scheduler", type=str, default="ddpm", choices=SCHEDULERS)
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic).")
     parser.add_argument(
         "--clip_sample",

@@ -12,11 +12,21 @@ import shutil
 
 import diffusers
 import numpy as np
-from to_fp16 import to_fp16  # scripts/ is on sys.path when run as a script
+from safetensors.torch import load_file, save_file
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.bundled import PRETRAINED_DIR
 from diffusers_scorevae.data import load_fashion_mnist
+
+
+# Copied from scripts/to_fp16.py (each script reads alone; no script imports another)
+def to_fp16(folder: str):
+    """Rewrite every `*.safetensors` under `folder` (recursively) with float16 floating-point tensors."""
+    for path in glob.glob(os.path.join(folder, "**", "*.safetensors"), recursive=True):
+        tensors = load_file(path)
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(tensors, path, metadata={"format": "pt"})
+        print(f"{path}: float16")
 
 
 def copy_model(src, name):

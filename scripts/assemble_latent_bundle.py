@@ -8,15 +8,26 @@ ScoreVAEPipeline folder (unet/, scheduler/, encoder/, vae/) written with float16
 """
 
 import argparse
+import glob
 import os
 import shutil
 
 import diffusers
-from to_fp16 import to_fp16  # scripts/ is on sys.path when run as a script
+from safetensors.torch import load_file, save_file
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 
 BUNDLE_NAME = "fashion-mnist-latent"
+
+
+# Copied from scripts/to_fp16.py (each script reads alone; no script imports another)
+def to_fp16(folder: str):
+    """Rewrite every `*.safetensors` under `folder` (recursively) with float16 floating-point tensors."""
+    for path in glob.glob(os.path.join(folder, "**", "*.safetensors"), recursive=True):
+        tensors = load_file(path)
+        tensors = {k: v.half() if v.is_floating_point() else v for k, v in tensors.items()}
+        save_file(tensors, path, metadata={"format": "pt"})
+        print(f"{path}: float16")
 
 
 def main(input_args=None):

@@ -4,7 +4,7 @@ images, next to the KL and losses logged at that step. Prints a markdown table.
 `--encoders` holds `step-N` encoder folders, or the training script's `checkpoint-N` folders (their `encoder_ema/`
 is used when present, else `encoder/`).
 
-    python scripts/eval_curve.py --prior runs/gpu/prior --encoders runs/encoder-curve \
+    python docs/studies/eval_curve.py --prior runs/gpu/prior --encoders runs/encoder-curve \
         --log runs/encoder-fmnist/train_log.jsonl
 """
 

@@ -10,7 +10,7 @@ then `pipe(latent_codes=inv.latent_codes, latents=inv.latents, num_inference_ste
 ignores the clip (inverting with clip_sample=False, thresholding=False and decoding with the clipping scheduler, what
 `invert` did before it refused).
 
-    OMP_NUM_THREADS=1 python scripts/eval_inversion.py --fresh_noise --output runs/eval/inversion.md
+    OMP_NUM_THREADS=1 python docs/studies/eval_inversion.py --fresh_noise --output runs/eval/inversion.md
 """
 
 import argparse

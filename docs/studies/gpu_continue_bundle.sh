@@ -6,7 +6,7 @@
 #   phase 2 (in parallel): pick the encoder variant with the lower L2 on 500 test images; FD of both priors on 10k
 #            samples; the full 10k test set for the winner with its own prior and with the large prior (next to the
 #            beta-VAE); the steps and guidance sweeps on 1,000 images; the learning curve over its checkpoints
-# Usage: DATA=folder-with-fashion-mnist-idx-gz OUT=results-folder bash scripts/gpu_continue_bundle.sh
+# Usage: DATA=folder-with-fashion-mnist-idx-gz OUT=results-folder bash docs/studies/gpu_continue_bundle.sh
 set -u
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}
 OUT=${OUT:-runs/gpu2-out}
@@ -97,7 +97,7 @@ $PY examples/evaluate_scorevae.py --pipelines $W/$BEST --prior $W/prior_large --
 $PY examples/evaluate_scorevae.py --pipelines $W/$BEST --classifier $PKG/fashion-mnist-classifier $COMMON \
   --num_images $NSWEEP --batch_size 1000 --settings ddpm:10:4 ddpm:25:4 ddpm:50:4 ddpm:100:4 ddpm:250:4 ddpm:1000:4 \
   ddpm:250:0.5 ddpm:250:1 ddpm:250:2 ddim:50:4:noclip ddim:50:4 --output $W/eval_sweep.json > $W/eval_sweep.log 2>&1 &
-$PY scripts/eval_curve.py --prior $PKG/fashion-mnist --encoders $W/$BEST --log $W/$BEST/train_log.jsonl \
+$PY docs/studies/eval_curve.py --prior $PKG/fashion-mnist --encoders $W/$BEST --log $W/$BEST/train_log.jsonl \
   --num_images $NCURVE --num_inference_steps 250 --every 500 --step_offset 3609 $COMMON --output $W/curve.json \
   > $W/curve.md 2> $W/curve.log &
 wait

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The CPU measurements of the bundled model reported in the README (2 cores, about 65 minutes with the defaults).
 # Images from the start of the Fashion-MNIST test set; results under runs/eval/. The full-test-set numbers and the
-# 10-250-step sweep come from the GPU run (scripts/gpu_continue_bundle.sh); N=256 adds `scorevae evaluate` here.
+# 10-250-step sweep come from the GPU run (docs/studies/gpu_continue_bundle.sh); N=256 adds `scorevae evaluate` here.
 set -eu
 N=${N:-0}
 NS=${NS:-96}

@@ -3,7 +3,7 @@
 #   phase 1 (in parallel): the default prior, the large prior, the beta-VAE baseline, the classifier
 #   phase 2 (in parallel): ScoreVAE encoder variants against the default prior; FD of both priors
 #   phase 3 (in parallel): reconstruction metrics of every encoder variant next to the beta-VAE
-# Usage: DATA=folder-with-fashion-mnist-idx-gz OUT=results-folder bash scripts/gpu_train_bundle.sh
+# Usage: DATA=folder-with-fashion-mnist-idx-gz OUT=results-folder bash docs/studies/gpu_train_bundle.sh
 # Phase lengths (minutes) can be set with P1, P2. Results are packed into $OUT after each phase.
 set -u
 DATA=${DATA:-/usr/share/datasets/fashion-mnist}

@@ -13,7 +13,7 @@ Variants (each a `name:steps:gamma[:param]` string):
   every:STEPS:GAMMA:K                 the encoder's score ∇ log q(z | x_t) computed at every K-th step only and reused
                                       (with the current γ σ_t) at the K − 1 steps after it: 1/K of the encoder's cost
 
-    OMP_NUM_THREADS=1 python scripts/decode_study.py --num_images 100 --variants ddpm:50:2 pc:25:2:0.1 \
+    OMP_NUM_THREADS=1 python docs/studies/decode_study.py --num_images 100 --variants ddpm:50:2 pc:25:2:0.1 \
         --output runs/sweep/study.json
 """
 

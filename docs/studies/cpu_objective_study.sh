@@ -8,11 +8,11 @@
 # "bundled" means the package's models when each run was launched: the beta-VAE teacher was that of commit 661c24a
 # (beta 0.01), retuned in 00b82f9 (beta 0.016) and again in stop 13 (beta 0.05); (e) was resumed across the first
 # retune (docs/results.md). To rerun with a given teacher, check its folder out of git and set TEACHER.
-# Usage: bash scripts/cpu_objective_study.sh train      (background runs; resumable: run it again)
-#        bash scripts/cpu_objective_study.sh tail STEP   (d: the score tail from (b)'s checkpoint STEP)
-#        bash scripts/cpu_objective_study.sh eval BUDGET_CPU_SECONDS     (pipelines at the budget's checkpoints)
-#        bash scripts/cpu_objective_study.sh select                      (gamma per variant, 100 images, DDPM 100)
-#        bash scripts/cpu_objective_study.sh final PIPELINE SETTING NAME (500 images at the chosen setting)
+# Usage: bash docs/studies/cpu_objective_study.sh train      (background runs; resumable: run it again)
+#        bash docs/studies/cpu_objective_study.sh tail STEP   (d: the score tail from (b)'s checkpoint STEP)
+#        bash docs/studies/cpu_objective_study.sh eval BUDGET_CPU_SECONDS     (pipelines at the budget's checkpoints)
+#        bash docs/studies/cpu_objective_study.sh select                      (gamma per variant, 100 images, DDPM 100)
+#        bash docs/studies/cpu_objective_study.sh final PIPELINE SETTING NAME (500 images at the chosen setting)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 B=diffusers_scorevae/pretrained
