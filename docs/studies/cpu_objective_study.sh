@@ -6,7 +6,7 @@
 #   (c) posterior matching, teacher = bundled ScoreVAE encoder (d) (b) at 2/3 of the budget, then (a)'s objective
 #   (e) a cheaper student (first level 16 wide), teacher = beta-VAE, from scratch
 # "bundled" means the package's models when each run was launched: the beta-VAE teacher was that of commit 661c24a
-# (beta 0.01), retuned in 00b82f9 (beta 0.016) and again in stop 13 (beta 0.05); (e) was resumed across the first
+# (beta 0.01), retuned in 00b82f9 (beta 0.016) and again to beta 0.05 for the current bundle; (e) was resumed across the first
 # retune (docs/results.md). To rerun with a given teacher, check its folder out of git and set TEACHER.
 # Usage: bash docs/studies/cpu_objective_study.sh train      (background runs; resumable: run it again)
 #        bash docs/studies/cpu_objective_study.sh tail STEP   (d: the score tail from (b)'s checkpoint STEP)
