@@ -1,4 +1,5 @@
-"""The interactive demo: its functions on the real bundled models (few steps), and the page in headless Chromium."""
+"""The interactive demo: its functions on the real bundled models (few steps), the page's structure, and the page in
+headless Chromium. Its API endpoints and bad files: tests/test_app_api.py; under load: tests/test_app_load.py."""
 
 import configparser
 import io
@@ -8,6 +9,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 
@@ -17,6 +19,7 @@ import pytest
 import torch
 
 from diffusers_scorevae import app, cli
+from diffusers_scorevae.app import page
 from diffusers_scorevae.bundled import bundled_test_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,12 +31,21 @@ def models():
     return app.load_models("fashion-mnist", device="cpu")
 
 
+@pytest.fixture
+def saved(models, monkeypatch):
+    """The pipeline's saved decode settings, with `STEPS` steps and γ 1.5 saved (patched on the pipeline's class: the
+    pipeline and the app both read them from `decode_defaults`)."""
+    values = dict(app.decode_defaults(models.pipe), num_inference_steps=STEPS, guidance_scale=1.5)
+    monkeypatch.setattr(type(models.pipe), "decode_defaults", property(lambda self: dict(values)), raising=False)
+    return values
+
+
 def test_prepare_image_converts_any_image_and_says_how():
     rgba = PIL.Image.new("RGBA", (300, 200), (255, 0, 0, 255))
     picture, note = app.prepare_image(rgba, (1, 28, 28))
     assert picture.mode == "L" and picture.size == (28, 28)
     assert "resized from 300×200 to 28×28 (aspect ratio not kept)" in note and "grayscale" in note
-    assert "transparent pixels put on black" in note
+    assert "alpha channel flattened: transparent pixels put on black" in note
 
     bundled = PIL.Image.fromarray(bundled_test_images()[0][0])
     picture, note = app.prepare_image(bundled, (1, 28, 28))
@@ -72,9 +84,7 @@ def test_prepare_image_files_and_unreadable_files(tmp_path):
         app.prepare_image(np.zeros((28, 28, 2), dtype=np.uint8), (1, 28, 28))
 
 
-def test_reconstruct_defaults_follow_the_command_at_run_time(models, monkeypatch):
-    monkeypatch.setattr(cli, "DEFAULT_STEPS", STEPS)
-    monkeypatch.setattr(cli, "DEFAULT_GUIDANCE", 1.5)
+def test_reconstruct_defaults_are_the_pipelines_saved_settings(models, saved):
     reported = []
     image = PIL.Image.fromarray(bundled_test_images()[0][0])
     result = app.reconstruct(models, image, num_decodes=2, seed=3, progress=lambda f, d: reported.append((f, d)))
@@ -111,7 +121,7 @@ def test_bad_settings_name_the_value_and_the_range(models):
 
 
 def test_stop_ends_a_decode_early(models):
-    stop = app.threading.Event()
+    stop = threading.Event()
     stop.set()
     reported = []
     image = PIL.Image.fromarray(bundled_test_images()[0][0])
@@ -149,24 +159,31 @@ def test_interpolate_sample_and_swap_prior(models):
     assert rows["fashion-mnist"].shape == (2, 1, 28, 28) and note == "2 codes z ~ N(0, I) from seed 0"
 
 
-def test_page_defaults_follow_the_command(models, monkeypatch):
+def test_page_sliders_start_at_the_pipelines_saved_settings(models, saved):
     pytest.importorskip("gradio")
-    monkeypatch.setattr(cli, "DEFAULT_STEPS", 123)
-    monkeypatch.setattr(cli, "DEFAULT_GUIDANCE", 2.75)
     demo = app.build_demo(models=models)
     values = {b.elem_id: getattr(b, "value", None) for b in demo.blocks.values() if getattr(b, "elem_id", None)}
-    assert values["reconstruct-steps"] == values["sample-steps"] == values["swap-steps"] == 123
-    assert values["interpolate-steps"] == app.command_defaults("interpolate")["num_inference_steps"]
+    assert values["reconstruct-steps"] == values["sample-steps"] == values["swap-steps"] == STEPS
+    assert values["interpolate-steps"] == STEPS
+    assert values["reconstruct-realism"] == saved["realism"]
     guidance = [b.value for b in demo.blocks.values() if getattr(b, "label", None) == "γ (guidance scale)"]
-    assert guidance == [2.75] * 4
+    assert guidance == [1.5] * 4
     tabs = [b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"]
     assert tabs == ["Reconstruct", "Interpolate", "Sample", "Swap prior"]
     # the four decodes share one queue slot (one decode at a time; the rest wait), and each has a Stop
+    # (the page's and the API's: the queue shows each its place)
     decodes = [
         fn for fn in demo.fns.values() if fn.name in ("on_reconstruct", "on_interpolate", "on_sample", "on_swap")
     ]
-    assert len(decodes) == 4 and all(fn.queue and fn.concurrency_limit == 1 for fn in decodes)
-    assert len({fn.concurrency_id for fn in decodes}) == 1
+    endpoints = [fn for fn in demo.fns.values() if fn.api_visibility == "public"]
+    assert len(decodes) == 4 and sorted(fn.api_name for fn in endpoints) == sorted(app.API_NAMES)
+    assert all(fn.queue and fn.concurrency_limit == 1 and fn.show_progress == "full" for fn in decodes + endpoints)
+    assert len({fn.concurrency_id for fn in decodes + endpoints}) == 1
+    # everything else the page does (picking, uploads, arming and pressing Stop, the page's own decodes) is private
+    assert all(fn.api_visibility == "private" for fn in demo.fns.values() if fn not in endpoints)
+    api = demo.get_api_info()
+    assert sorted(api["named_endpoints"]) == sorted(f"/{name}" for name in app.API_NAMES)
+    assert not api["unnamed_endpoints"]
     # Run arms a stop token without queueing (so a Stop reaches a queued decode too); Stop is never queued behind a
     # decode, and it cancels nothing through Gradio: the decode ends within a step and answers in its status line
     arms = [fn for fn in demo.fns.values() if fn.name == "arm"]
@@ -188,6 +205,16 @@ def test_package_and_command_do_not_import_gradio():
     code = f"import sys, {modules}; print('gradio' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_the_app_does_not_import_the_command():
+    # one-way imports: the command imports the app (`scorevae app`), never the other way round
+    code = "import sys, diffusers_scorevae.app; print('diffusers_scorevae.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    for name in ("__init__.py", "core.py", "page.py"):
+        with open(os.path.join(ROOT, "diffusers_scorevae", "app", name)) as f:
+            assert not re.search(r"^\s*from \.\.? import cli|\bcli\.", f.read(), re.M), name
 
 
 def test_space_files():
@@ -244,7 +271,7 @@ def _open_browser(paths):
 
 
 def test_stop_reaches_every_decode_the_session_armed_running_or_queued():
-    stops = app._Stops()
+    stops = page._Stops()
     running, queued = stops.arm("a"), stops.arm("a")  # Run pressed twice: one decode runs, one waits in the queue
     other = stops.arm("b")
     running_event = stops.event("a", running)
