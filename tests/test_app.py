@@ -352,6 +352,21 @@ def test_page_reconstructs_in_headless_chromium(models, tmp_path):
         browser.find_element(By.ID, "reconstruct-stop").click()  # nothing left to stop: the button says so
         wait.until(lambda b: "Nothing is running." in b.find_element(By.ID, "reconstruct-status").text)
         browser.save_screenshot(str(tmp_path / "app-stopped.png"))
+
+        # a realism the pipeline cannot honour: its message in the status line (or the decode, where it can)
+        try:
+            app.reconstruct(models, app.bundled_image(1)[0], STEPS, realism=0.5)
+            expected = "Done"
+        except ValueError as error:
+            expected = str(error).split(" (")[0]
+        for selector, value in (("#reconstruct-steps", STEPS), ("#reconstruct-realism", 0.5)):
+            field = browser.find_element(By.CSS_SELECTOR, f"{selector} input[type=number]")
+            field.send_keys(Keys.CONTROL, "a")
+            field.send_keys(str(value))
+            field.send_keys(Keys.ENTER)
+        browser.find_element(By.ID, "reconstruct-run").click()
+        wait.until(lambda b: expected in b.find_element(By.ID, "reconstruct-status").text)
+        assert "Traceback" not in browser.page_source
     finally:
         browser.quit()
         demo.close()
