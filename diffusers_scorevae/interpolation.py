@@ -16,6 +16,7 @@ import torch
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .inversion import inversion_scheduler
 from .noise import append_dims
 from .visualization import make_rows
 
@@ -69,9 +70,9 @@ def interpolate(
     image_a,
     image_b,
     num_points: int = 8,
-    num_inference_steps: int = 50,
+    num_inference_steps: int | None = None,
     mode: str = "z+xT",
-    guidance_scale: float = 1.0,
+    guidance_scale: float | None = None,
     generator: torch.Generator | None = None,
     guidance_log_snr_range: tuple[float, float] | None = None,
 ) -> InterpolationOutput:
@@ -80,22 +81,25 @@ def interpolate(
 
     Args:
         pipe ([`ScoreVAEPipeline`]):
-            The pipeline. `mode="z+xT"` needs its scheduler to be a `DDIMScheduler` (see [`ScoreVAEPipeline.invert`]).
+            The pipeline. `mode="z+xT"` inverts and decodes with DDIM (η = 0, no x̂_0 clipping): the pipeline's
+            scheduler when it is such a `DDIMScheduler`, else one built from its config (see
+            [`ScoreVAEPipeline.invert`]); `mode="z"` decodes with the pipeline's scheduler.
         image_a, image_b (`PIL.Image.Image`, `np.ndarray` or `torch.Tensor`):
             One image each, in [0, 1].
         num_points (`int`, *optional*, defaults to 8):
             Number of interpolants, at weights `linspace(0, 1, num_points)`; at least 2.
-        num_inference_steps (`int`, *optional*, defaults to 50):
-            Scheduler steps of the inversion and of every decode.
+        num_inference_steps (`int`, *optional*):
+            Scheduler steps of the inversion and of every decode. `None`: the pipeline's saved default.
         mode (`str`, *optional*, defaults to `"z+xT"`):
             `"z+xT"`: linear in z, spherical in the DDIM-inverted x_T. `"z"`: linear in z, one shared fresh x_T.
-        guidance_scale (`float`, *optional*, defaults to 1.0):
-            γ, the weight of the encoder's score, for the inversion and the decodes.
+        guidance_scale (`float`, *optional*):
+            γ, the weight of the encoder's score, for the inversion and the decodes. `None`: the encoder's saved γ.
         generator (`torch.Generator`, *optional*):
             Draws the shared noise of `mode="z"` (unused by the deterministic `"z+xT"`).
         guidance_log_snr_range (`Tuple[float, float]`, *optional*):
             Guide only the steps whose log-SNR lies in this closed range, in the inversion and the decodes (see
-            [`ScoreVAEPipeline.__call__`]). Defaults to every step.
+            [`ScoreVAEPipeline.__call__`]). `None`: the encoder's saved `inversion_log_snr_range` (both modes, so
+            that they compare like with like).
 
     Returns:
         [`InterpolationOutput`]: images in [0, 1], codes and initial noise of every point.
@@ -105,6 +109,12 @@ def interpolate(
     if not isinstance(num_points, int) or num_points < 2:
         raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}.")
     images = torch.cat([_one_image(pipe, image_a, "image_a"), _one_image(pipe, image_b, "image_b")])
+    defaults = pipe.decode_defaults
+    num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+    guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+    if guidance_log_snr_range is None:
+        guidance_log_snr_range = defaults["inversion_log_snr_range"]
+    decoder = pipe
     weights = torch.linspace(0, 1, num_points, dtype=torch.float64, device=images.device)
 
     if mode == "z+xT":
@@ -119,6 +129,17 @@ def interpolate(
             ends[:1].expand(num_points, *ends.shape[1:]), ends[1:].expand(num_points, *ends.shape[1:]), weights
         )
         generators = None
+        # decode the slerped noise with the DDIM pass the inversion inverted (the same modules)
+        decoder = type(pipe)(
+            unet=pipe.unet,
+            scheduler=inversion_scheduler(pipe.scheduler),
+            encoder=pipe.encoder,
+            vae=getattr(pipe, "vae", None),
+            num_inference_steps=pipe.config.get("num_inference_steps"),
+        )
+        decoder.set_progress_bar_config(**getattr(pipe, "_progress_bar_config", {}))
+        if "progress_bar" in vars(pipe):  # a progress bar set on the instance (the app's) follows the decodes
+            decoder.progress_bar = pipe.progress_bar
     else:
         codes = pipe.encode(images)
         noise = randn_tensor((1, *pipe.latent_shape), generator=generator, device=images.device, dtype=pipe.unet.dtype)
@@ -129,7 +150,7 @@ def interpolate(
 
     w = append_dims(weights, codes.ndim).to(codes.dtype)
     latent_codes = (1 - w) * codes[:1] + w * codes[1:]
-    decoded = pipe(
+    decoded = decoder(
         latent_codes=latent_codes,
         latents=latents,
         num_inference_steps=num_inference_steps,
@@ -137,6 +158,7 @@ def interpolate(
         guidance_log_snr_range=guidance_log_snr_range,
         generator=generators,
         output_type="pt",
+        realism=1.0,
     ).images
     return InterpolationOutput(images=decoded, latent_codes=latent_codes, latents=latents)
 

@@ -1,5 +1,5 @@
 """Noise levels, prediction-type conversions and the ScoreVAE guidance term, in the quantities a diffusers
-scheduler and UNet expose. See MATH.md (§1-§4) for the derivations; this module imports nothing else of the
+scheduler and UNet expose. See docs/math.md (§1-§4) for the derivations; this module imports nothing else of the
 package.
 
 Notation map (variable -> symbol in MATH.md / the paper):
@@ -76,9 +76,9 @@ def training_alpha_sigma(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tens
     return alphas_cumprod.sqrt().float(), (1 - alphas_cumprod).sqrt().float()
 
 
-def _split_variance(model_output: torch.Tensor, sample: torch.Tensor):
-    # UNets trained with a learned variance (`variance_type="learned_range"`) return 2·C channels: the prediction,
-    # then the variance. Only the prediction is converted; the variance channels pass through.
+def split_variance(model_output: torch.Tensor, sample: torch.Tensor):
+    """`(prediction, variance)` of a UNet output: UNets trained with a learned variance (`variance_type=
+    "learned_range"`) return 2·C channels, the prediction then the variance; others return C (variance `None`)."""
     if model_output.shape[1] == 2 * sample.shape[1]:
         return model_output.split(sample.shape[1], dim=1)
     return model_output, None
@@ -134,44 +134,164 @@ def kl_to_standard_normal(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Ten
     return 0.5 * (mean**2 + logvar.exp() - 1 - logvar).sum(dim=-1)
 
 
-def encoder_score(encoder, sample: torch.Tensor, log_snr: torch.Tensor, latent_codes: torch.Tensor) -> torch.Tensor:
-    """∇_{x_t} log q_φ(z | x_t, λ_t) by autograd through the encoder only (MATH §4), exact density including the
-    log-variance term. `sample` is the VP-scaled model input `[B, C, H, W]`, `latent_codes` is z `[B, D]`.
+def log_snr_range(value, name: str = "guidance_log_snr_range") -> tuple[float, float] | None:
+    """A log-SNR range as `(low, high)` floats (either may be ±inf), from a pair of numbers or, as configs store it in
+    JSON, a list with `null` for an unbounded end (low `null` = −inf, high `null` = +inf); `None` stays `None`.
+
+    Raises a `ValueError` naming `name` unless the value is `None` or two numbers (not NaN, not bools) with
+    low <= high.
+    """
+    if value is None:
+        return None
+    pair = tuple(value) if isinstance(value, (tuple, list)) else None
+    if pair is not None and len(pair) == 2:
+        pair = (-math.inf if pair[0] is None else pair[0], math.inf if pair[1] is None else pair[1])
+        numbers = all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pair)
+        if numbers and not any(math.isnan(v) for v in pair) and pair[0] <= pair[1]:
+            return (float(pair[0]), float(pair[1]))
+    raise ValueError(
+        f"{name} must be None or a pair (low, high) of numbers (finite or ±inf, not NaN; None for an unbounded end) "
+        f"with low <= high, e.g. (-6.0, float('inf')); got {value!r}."
+    )
+
+
+def check_log_snr_range(guidance_log_snr_range, name: str = "guidance_log_snr_range"):
+    """Raise a `ValueError` unless `guidance_log_snr_range` is `None` or a valid `(low, high)` (`log_snr_range`)."""
+    log_snr_range(guidance_log_snr_range, name)
+
+
+def log_snr_range_to_config(value) -> list | None:
+    """`(low, high)` as JSON-friendly config values: a list with `None` (JSON `null`) for an infinite end."""
+    value = log_snr_range(value)
+    if value is None:
+        return None
+    return [None if math.isinf(value[0]) else value[0], None if math.isinf(value[1]) else value[1]]
+
+
+def guided_steps(log_snr, guidance_log_snr_range=None) -> torch.Tensor:
+    """Where the encoder term applies (a bool tensor of `log_snr`'s shape): the one step rule of decoding, inversion
+    and training (docs/math.md §3).
+
+    A step is guided when its log-SNR λ is finite (at zero terminal SNR, ᾱ_T = 0, x_T is pure noise and says nothing
+    about z) and lies in the closed range `guidance_log_snr_range = (low, high)` (`None`: every finite λ).
+    """
+    log_snr = torch.as_tensor(log_snr)
+    guided = torch.isfinite(log_snr)
+    if guidance_log_snr_range is not None:
+        low, high = guidance_log_snr_range
+        guided = guided & (log_snr >= low) & (log_snr <= high)
+    return guided
+
+
+def finite_log_snr(log_snr: torch.Tensor) -> torch.Tensor:
+    """`log_snr` with non-finite entries set to 0, for the encoder's input: those steps are never guided
+    (`guided_steps`), and a finite stand-in keeps NaN out of the forward and backward passes."""
+    return torch.where(torch.isfinite(log_snr), log_snr, torch.zeros_like(log_snr))
+
+
+def encoder_score(
+    encoder,
+    sample: torch.Tensor,
+    log_snr: torch.Tensor,
+    latent_codes: torch.Tensor,
+) -> torch.Tensor:
+    """∇_{x_t} log q_φ(z | x_t, λ_t) by autograd through the encoder only (docs/math.md §4), exact density including
+    the log-variance term. `sample` is the VP-scaled model input `[B, C, H, W]`, `latent_codes` is z `[B, D]`,
+    `log_snr` a scalar or `[B]` (non-finite entries are evaluated at λ = 0; `guided_steps` never guides them).
 
     Runs under a scoped `torch.enable_grad()` on a detached copy of `sample`, so it works inside `torch.no_grad()`
     and builds no graph into anything else. Returns a tensor of `sample`'s shape and dtype.
     """
     with torch.enable_grad():
         x = sample.detach().to(encoder.dtype).requires_grad_(True)
-        out = encoder(x, log_snr.to(x.device), return_dict=True)
+        log_snr = finite_log_snr(torch.as_tensor(log_snr, dtype=torch.float32)).to(x.device)
+        out = encoder(x, log_snr, return_dict=True)
         log_q = gaussian_log_prob(latent_codes.to(out.mean.dtype), out.mean, out.logvar).sum()
         (score,) = torch.autograd.grad(log_q, x)
     return score.to(sample.dtype)
 
 
+def guide_epsilon(
+    epsilon: torch.Tensor,
+    score: torch.Tensor | None,
+    sigma: torch.Tensor,
+    log_snr: torch.Tensor,
+    guidance_scale: float,
+    guidance_log_snr_range=None,
+) -> torch.Tensor:
+    """The guidance term (docs/math.md §3), the one place it is applied, by decoding, inversion and training:
+
+        ε̂_cond = ε̂ − γ · σ_t · ∇_{x_t} log q_φ(z | x_t, λ_t)      at the steps `guided_steps` selects,
+        ε̂_cond = ε̂                                               elsewhere.
+
+    `epsilon` `[B, ...]`, `score` of its shape (`None` when γ = 0 or no step is guided), `sigma` and `log_snr`
+    scalars or `[B]`. Differentiable in `score` (training takes its double backward through here).
+    """
+    guided = guided_steps(log_snr, guidance_log_snr_range)
+    if guidance_scale == 0 or not bool(guided.any()):
+        return epsilon
+    if score is None:
+        raise ValueError("guide_epsilon needs the encoder's score at the guided steps; got score=None.")
+    sigma = append_dims(torch.as_tensor(sigma, device=epsilon.device), epsilon.ndim).to(epsilon.dtype)
+    shift = guidance_scale * sigma * score.to(epsilon.dtype)
+    if bool(guided.all()):
+        return epsilon - shift
+    mask = append_dims(guided.to(epsilon.device), epsilon.ndim)
+    return epsilon - torch.where(mask, shift, torch.zeros_like(shift))
+
+
 def guided_model_output(
     model_output: torch.Tensor,
     sample: torch.Tensor,
-    score: torch.Tensor,
+    score: torch.Tensor | None,
     log_snr: torch.Tensor,
     guidance_scale: float,
     prediction_type: str,
+    guidance_log_snr_range=None,
 ) -> torch.Tensor:
-    """Add the encoder term to a UNet output (MATH §3) and return it in the UNet's `prediction_type`:
-
-        ε̂_cond = ε̂ − γ · σ_t · ∇_{x_t} log q_φ(z | x_t, λ_t)
-
-    The conversion to ε̂ and back uses the same (α_t, σ_t), so only the guidance term changes the output.
+    """A UNet output with the encoder term added (`guide_epsilon`), returned in the UNet's `prediction_type`
+    (docs/math.md §2-§3). The conversion to ε̂ and back uses the same (α_t, σ_t), so only the guidance term changes the
+    output; learned-variance channels pass through.
     """
     alpha, sigma = alpha_sigma_from_log_snr(torch.as_tensor(log_snr, dtype=torch.float64))
     alpha, sigma = alpha.to(sample.device, torch.float32), sigma.to(sample.device, torch.float32)
-    prediction, variance = _split_variance(model_output, sample)
+    prediction, variance = split_variance(model_output, sample)
     dtype = prediction.dtype
     prediction, x = prediction.float(), sample.float()
     epsilon = model_output_to_epsilon(prediction, x, alpha, sigma, prediction_type)
-    epsilon = epsilon - guidance_scale * append_dims(sigma, x.ndim) * score.float()
+    epsilon = guide_epsilon(epsilon, score, sigma, log_snr, guidance_scale, guidance_log_snr_range)
     prediction = epsilon_to_model_output(epsilon, x, alpha, sigma, prediction_type).to(dtype)
     return prediction if variance is None else torch.cat([prediction, variance], dim=1)
+
+
+def guided_epsilon(
+    unet,
+    encoder,
+    scheduler,
+    sample: torch.Tensor,
+    timesteps: torch.Tensor,
+    latent_codes: torch.Tensor | None,
+    guidance_scale: float,
+    guidance_log_snr_range=None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """ε̂_cond = ε̂ − γ σ_t ∇_{x_t} log q_φ(z | x_t, λ_t) (docs/math.md §3) at integer training `timesteps` `[N]` of
+    `scheduler`, by the decode's own rule (`guided_steps`, `guide_epsilon`).
+
+    `sample` is x_t `[N, C, H, W]` (VP scale), `latent_codes` z `[N, latent_dim]` (unused when γ = 0). Returns
+    ε̂_cond in float32 and, for UNets with a learned variance (2·C output channels), the variance channels (else
+    `None`). The encoder runs only when some row is guided.
+    """
+    prediction, variance = split_variance(unet(sample, timesteps).sample, sample)
+    log_snr = scheduler_log_snr(scheduler, timesteps)
+    alpha, sigma = alpha_sigma_from_log_snr(log_snr)
+    alpha, sigma = alpha.to(sample.device, torch.float32), sigma.to(sample.device, torch.float32)
+    prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
+    epsilon = model_output_to_epsilon(prediction.float(), sample.float(), alpha, sigma, prediction_type)
+    score = None
+    if guidance_scale > 0 and bool(guided_steps(log_snr, guidance_log_snr_range).any()):
+        score = encoder_score(encoder, sample, log_snr.float(), latent_codes).float()
+    epsilon = guide_epsilon(epsilon, score, sigma, log_snr, guidance_scale, guidance_log_snr_range)
+    return epsilon, variance
 
 
 def continuous_noise_rate(scheduler, timesteps: torch.Tensor) -> torch.Tensor:

@@ -19,7 +19,9 @@ from .models import BetaVAE, ScoreVAEEncoder
 from .noise import (
     append_dims,
     continuous_noise_rate,
+    finite_log_snr,
     gaussian_log_prob,
+    guide_epsilon,
     kl_to_standard_normal,
     log_snr_from_alphas_cumprod,
     model_output_to_epsilon,
@@ -201,11 +203,9 @@ def scorevae_loss(
 
     # 3. one encoder forward on [x_0; x_t]: the posterior at the clean level and q(z | x_t, λ_t)
     alphas_cumprod = torch.as_tensor(noise_scheduler.alphas_cumprod).to(device)
+    noisy_log_snr = log_snr_from_alphas_cumprod(alphas_cumprod[timesteps]).float()
     log_snr = torch.cat(
-        [
-            torch.full((batch_size,), float(config.clean_log_snr), device=device),
-            log_snr_from_alphas_cumprod(alphas_cumprod[timesteps]).float(),
-        ]
+        [torch.full((batch_size,), float(config.clean_log_snr), device=device), finite_log_snr(noisy_log_snr)]
     )
     noisy_input = noisy_images.detach().requires_grad_(True)
     mean, logvar = encoder(torch.cat([clean_images, noisy_input]), log_snr, return_dict=False)
@@ -217,7 +217,7 @@ def scorevae_loss(
 
     # 4. weighted score matching + β KL
     weight = loss_weight(noise_scheduler, timesteps, loss_weighting) * importance
-    residual = epsilon - sigma * score - noise
+    residual = guide_epsilon(epsilon, score, sigma, noisy_log_snr, 1.0) - noise  # the decode's own rule (§3)
     score_loss = 0.5 * weight * residual.pow(2).flatten(1).sum(dim=1)
     prior_loss = 0.5 * weight * (epsilon - noise).pow(2).flatten(1).sum(dim=1)
     kl = kl_to_standard_normal(clean_mean, clean_logvar)

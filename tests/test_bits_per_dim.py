@@ -24,7 +24,7 @@ from test_closed_form import SHAPE, D, M, S
 from test_inversion import gaussian_images, gaussian_pipeline
 
 from diffusers_scorevae import ScoreVAEPipeline
-from diffusers_scorevae.inversion import discretized_gaussian_log_likelihood
+from diffusers_scorevae.bound import discretized_gaussian_log_likelihood
 
 GRID = torch.arange(256, dtype=torch.float64) / 127.5 - 1  # the 8-bit values in [-1, 1]
 # an encoder with codes of marginal N(0, I) (scale² s² + s_0² = 1), so that the model's p(z) = N(0, I) is exact

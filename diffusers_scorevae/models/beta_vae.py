@@ -8,11 +8,9 @@ from dataclasses import dataclass
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
-from diffusers.models.resnet import ResnetBlock2D
-from diffusers.models.upsampling import Upsample2D
 from diffusers.utils import BaseOutput
-from torch import nn
 
+from .decoder import add_conv_decoder, conv_decode
 from .encoder import ScoreVAEEncoder
 
 
@@ -66,26 +64,8 @@ class BetaVAE(ModelMixin, ConfigMixin):
             down_block_types=("DownBlock2D",) * len(block_out_channels),
             norm_num_groups=norm_num_groups,
         )
-        # the encoder's feature-map sizes, largest first: the decoder upsamples through them in reverse
-        sizes = [sample_size]
-        for _ in range(len(block_out_channels) - 1):
-            sizes.append((sizes[-1] + 1) // 2)
-        self.sizes = sizes
-        channels = list(reversed(block_out_channels))
-
         # decoder: linear -> smallest feature map -> (resnet, upsample to the next size) ... -> conv out
-        self.proj_in = nn.Linear(latent_dim, channels[0] * sizes[-1] * sizes[-1])
-        self.resnets = nn.ModuleList([])
-        self.upsamplers = nn.ModuleList([])
-        for i, (c_in, c_out) in enumerate(zip(channels, channels[1:] + [channels[-1]])):
-            self.resnets.append(
-                ResnetBlock2D(in_channels=c_in, out_channels=c_out, temb_channels=None, groups=norm_num_groups)
-            )
-            if i < len(channels) - 1:
-                self.upsamplers.append(Upsample2D(c_out, use_conv=True))
-        self.conv_norm_out = nn.GroupNorm(norm_num_groups, channels[-1])
-        self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(channels[-1], in_channels, kernel_size=3, padding=1)
+        add_conv_decoder(self, sample_size, in_channels, latent_dim, block_out_channels, norm_num_groups)
 
     def encode(self, sample: torch.Tensor):
         """q(z | x): `(mean, logvar)`, each `(batch_size, latent_dim)`, for images in [-1, 1]."""
@@ -93,13 +73,7 @@ class BetaVAE(ModelMixin, ConfigMixin):
 
     def decode(self, latent_codes: torch.Tensor) -> torch.Tensor:
         """The decoder mean, `(batch_size, C, H, W)` in model space."""
-        sizes = list(reversed(self.sizes))
-        hidden = self.proj_in(latent_codes).reshape(latent_codes.shape[0], -1, sizes[0], sizes[0])
-        for i, resnet in enumerate(self.resnets):
-            hidden = resnet(hidden, None)
-            if i < len(self.upsamplers):
-                hidden = self.upsamplers[i](hidden, output_size=(sizes[i + 1], sizes[i + 1]))
-        return self.conv_out(self.conv_act(self.conv_norm_out(hidden)))
+        return conv_decode(self, latent_codes)
 
     def forward(
         self, sample: torch.Tensor, sample_posterior: bool = True, generator: torch.Generator | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -13,6 +14,8 @@ from diffusers.utils import BaseOutput
 from torch import nn
 
 from ..hub.mixins import ScoreVAEHubMixin
+from ..noise import check_log_snr_range, log_snr_range_to_config
+from .decoder import ConvDecoder
 
 
 @dataclass
@@ -89,6 +92,23 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
             A JSON-friendly record of the prior this encoder was trained against (repo id or description, noise
             schedule, resolution), written by the training script; informational only (model cards and
             [`~diffusers_scorevae.hub.describe_prior_compatibility`] read it).
+        guidance_scale (`float`, *optional*):
+            The γ this encoder decodes best with: [`ScoreVAEPipeline`] uses it whenever its `guidance_scale` argument
+            is `None`. Saved here, not with the pipeline, so that it survives a prior swap
+            (`ScoreVAEPipeline.from_pretrained(prior, encoder=encoder)`) and an encoder pushed alone. `None`: γ = 1.
+        guidance_log_snr_range (`Tuple[float, float]`, *optional*):
+            The log-SNR range where the decode applies the encoder term by default (`None` for an end: unbounded).
+            `None`: every step.
+        inversion_log_snr_range (`Tuple[float, float]`, *optional*):
+            The same for [`~ScoreVAEPipeline.invert`] and interpolation (inverting the conditional ODE can need a
+            narrower range than sampling). `None`: `guidance_log_snr_range`.
+        realism (`float`, *optional*):
+            The default realism of a decode, in [0, 1] (docs/math.md §9); below 1 it needs the mean decoder
+            (`decoder_block_out_channels`). `None`: 1, a posterior sample.
+        decoder_block_out_channels (`Tuple[int]`, *optional*):
+            Widths of an optional mean decoder, codes -> an estimate of E[x_0 | z] in model space (the layers of
+            [`BetaVAE`]'s decoder, so a β-VAE's decoder loads into it). It travels with the encoder because it reads
+            the encoder's codes; [`ScoreVAEPipeline`] starts decodes at realism < 1 from it. `None`: no decoder.
     """
 
     @register_to_config
@@ -107,8 +127,19 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
         log_snr_embedding_scale: float = 20.0,
         clean_log_snr: float = 10.0,
         prior: dict | None = None,
+        guidance_scale: float | None = None,
+        guidance_log_snr_range: tuple[float | None, float | None] | None = None,
+        inversion_log_snr_range: tuple[float | None, float | None] | None = None,
+        realism: float | None = None,
+        decoder_block_out_channels: tuple[int, ...] | None = None,
     ):
         super().__init__()
+        check_decode_settings(guidance_scale, guidance_log_snr_range, inversion_log_snr_range, realism)
+        if realism is not None and realism < 1 and decoder_block_out_channels is None:
+            raise ValueError(
+                f"realism={realism!r} below 1 starts decodes from the mean decoder, but this encoder has none "
+                "(decoder_block_out_channels=None); save realism=None (or 1), or give it a decoder."
+            )
         if len(down_block_types) != len(block_out_channels):
             raise ValueError(
                 f"down_block_types has {len(down_block_types)} entries and "
@@ -159,6 +190,19 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
+        # decode settings as JSON stores them (`null` for an unbounded end of a range)
+        self.register_to_config(
+            guidance_log_snr_range=log_snr_range_to_config(guidance_log_snr_range),
+            inversion_log_snr_range=log_snr_range_to_config(inversion_log_snr_range),
+        )
+
+        # mean decoder (optional)
+        self.decoder = None
+        if decoder_block_out_channels is not None:
+            if height != width:
+                raise ValueError(f"the mean decoder makes square images; sample_size is {sample_size!r}.")
+            self.decoder = ConvDecoder(height, in_channels, latent_dim, decoder_block_out_channels, norm_num_groups)
+
     def forward(
         self, sample: torch.Tensor, log_snr: torch.Tensor | float, return_dict: bool = True
     ) -> ScoreVAEEncoderOutput | tuple:
@@ -208,6 +252,73 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
             return (mean, logvar)
         return ScoreVAEEncoderOutput(mean=mean, logvar=logvar)
 
+    @property
+    def has_decoder(self) -> bool:
+        """Whether the encoder carries a mean decoder (`decoder_block_out_channels`)."""
+        return self.decoder is not None
+
+    def decode(self, latent_codes: torch.Tensor) -> torch.Tensor:
+        """The mean decoder's estimate of E[x_0 | z] for codes `(batch_size, latent_dim)`: images
+        `(batch_size, C, H, W)` in model space (the UNet's; with a latent prior, its latents). A `ValueError` without
+        a decoder."""
+        if self.decoder is None:
+            raise ValueError(
+                "this encoder has no mean decoder (decoder_block_out_channels=None): decodes at realism < 1 start "
+                "from its estimate of E[x_0 | z]. Attach one (`encoder.with_decoder(beta_vae)`) or decode at "
+                "realism=1."
+            )
+        return self.decoder(latent_codes.to(self.dtype))
+
+    def with_decoder(self, beta_vae, **settings) -> "ScoreVAEEncoder":
+        """A copy of this encoder that carries `beta_vae`'s decoder as its mean decoder (same weights), with config
+        `settings` (e.g. `realism=0.1`) updated. The β-VAE must decode codes of this encoder's size and images of its
+        shape; its decoder then reads this encoder's codes (best when it is the β-VAE this encoder was fitted to)."""
+        beta_config = beta_vae.config
+        wanted = (self.config.latent_dim, self.config.in_channels, self._sample_hw()[0])
+        got = (beta_config.latent_dim, beta_config.in_channels, beta_config.sample_size)
+        if wanted != got:
+            raise ValueError(
+                f"beta_vae decodes (latent_dim, channels, size) = {got}, but this encoder needs {wanted}."
+            )
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        config.update(decoder_block_out_channels=tuple(beta_config.block_out_channels), **settings)
+        if beta_config.norm_num_groups != config["norm_num_groups"]:
+            raise ValueError(
+                f"beta_vae's norm_num_groups {beta_config.norm_num_groups} differs from the encoder's "
+                f"{config['norm_num_groups']}; the mean decoder shares the encoder's."
+            )
+        encoder = type(self)(**config).to(self.device, self.dtype)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("decoder.")}
+        state.update({f"decoder.{k}": v for k, v in beta_vae.state_dict().items() if not k.startswith("encoder.")})
+        encoder.load_state_dict(state)
+        return encoder
+
     def _sample_hw(self) -> tuple[int, int]:
         size = self.config.sample_size
         return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def check_decode_settings(
+    guidance_scale=None, guidance_log_snr_range=None, inversion_log_snr_range=None, realism=None
+):
+    """Raise a `ValueError` naming the setting unless each decode setting is `None` or valid: γ a finite number >= 0,
+    the ranges `(low, high)` (`noise.log_snr_range`), realism a number in [0, 1]."""
+    if guidance_scale is not None and (
+        isinstance(guidance_scale, bool)
+        or not isinstance(guidance_scale, (int, float))
+        or not math.isfinite(guidance_scale)
+        or guidance_scale < 0
+    ):
+        raise ValueError(
+            f"guidance_scale must be a finite number >= 0 (0 = unconditional, 1 = the ScoreVAE model), got "
+            f"{guidance_scale!r}."
+        )
+    check_log_snr_range(guidance_log_snr_range, "guidance_log_snr_range")
+    check_log_snr_range(inversion_log_snr_range, "inversion_log_snr_range")
+    if realism is not None and (
+        isinstance(realism, bool) or not isinstance(realism, (int, float)) or not 0 <= realism <= 1
+    ):
+        raise ValueError(
+            f"realism must be a number in [0, 1] (1 = a posterior sample, 0 = the lowest-L2 reconstruction), got "
+            f"{realism!r}."
+        )

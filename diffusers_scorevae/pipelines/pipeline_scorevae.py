@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import weakref
 from dataclasses import dataclass
 from typing import Callable
 
@@ -25,22 +26,24 @@ from ..autoencoders import (
     vae_encode,
     vae_scale_factor,
 )
+from ..bound import DiffusionBound, check_8bit, diffusion_bound, nats_to_bits_per_dim
 from ..hub.mixins import ScoreVAEPipelineHubMixin
-from ..inversion import (
-    DiffusionBound,
-    check_8bit,
-    check_invertible,
-    ddim_invert,
-    diffusion_bound,
+from ..inversion import ddim_invert, inversion_scheduler
+from ..models.encoder import ScoreVAEEncoder, check_decode_settings
+from ..noise import (
+    encoder_score,
     guided_epsilon,
-    nats_to_bits_per_dim,
+    guided_model_output,
+    guided_steps,
+    kl_to_standard_normal,
+    log_snr_range,
+    scheduler_log_snr,
 )
-from ..models.encoder import ScoreVAEEncoder
-from ..noise import encoder_score, guided_model_output, kl_to_standard_normal, scheduler_log_snr
 
 logger = logging.get_logger(__name__)
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+DEFAULT_NUM_INFERENCE_STEPS = 50
 _PIL_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 EXAMPLE_DOC_STRING = """
@@ -134,13 +137,20 @@ class ScoreVAEInversionOutput(BaseOutput):
     Args:
         latents (`torch.Tensor` of shape `(batch_size, num_channels, height, width)`):
             The initial noise x_T from which the DDIM decode of `latent_codes` returns the images: pass it as `latents`
-            to the pipeline, with the same `num_inference_steps`, `guidance_scale` and scheduler.
+            to the pipeline.
         latent_codes (`torch.Tensor` of shape `(batch_size, latent_dim)`):
             The latent codes z the inversion was conditioned on (the encoder means, or the given codes).
+        num_inference_steps (`int`), guidance_scale (`float`), guidance_log_snr_range (`Tuple[float, float]`):
+            The settings the inversion used. A decode of these very `latents` takes them as its defaults (and the
+            inversion's DDIM scheduler, η = 0, realism 1), so
+            `pipe(latent_codes=inv.latent_codes, latents=inv.latents)` reconstructs the images with no other argument.
     """
 
     latents: torch.Tensor
     latent_codes: torch.Tensor
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    guidance_log_snr_range: tuple[float, float] | None = None
 
 
 class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
@@ -173,14 +183,28 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             `VQModel`): images are encoded to the UNet's latents with it and decoded from them
             ([`~diffusers_scorevae.autoencoders.latent_scaling`] gives the scaling rule). Frozen. `None` (default): the
             UNet models pixels.
+        num_inference_steps (`int`, *optional*):
+            The pipeline's default number of decoding steps, saved in `model_index.json` (as diffusers pipelines keep
+            `requires_safety_checker`). `None`: 50. The encoder's config carries the other decode settings (γ, the
+            log-SNR ranges, realism), so that they travel with it; see [`~ScoreVAEPipeline.decode_defaults`].
     """
 
     model_cpu_offload_seq = "vae->encoder->unet"
     _optional_components = ["vae"]
     _callback_tensor_inputs = ["latents", "latent_codes"]
 
-    def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, encoder: ScoreVAEEncoder, vae=None):
+    def __init__(
+        self,
+        unet: UNet2DModel,
+        scheduler: SchedulerMixin,
+        encoder: ScoreVAEEncoder,
+        vae=None,
+        num_inference_steps: int | None = None,
+    ):
         super().__init__()
+        steps = num_inference_steps
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or steps < 1):
+            raise ValueError(f"num_inference_steps must be a positive integer or None, got {num_inference_steps!r}.")
         check_prior(unet, scheduler)
         check_encoder_matches_unet(encoder, unet)
         check_autoencoder(vae)
@@ -190,6 +214,78 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             vae.requires_grad_(False)
             resolve_vqmodel_scaling(vae)
         self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder, vae=vae)
+        self.register_to_config(num_inference_steps=num_inference_steps)
+        self._inversions = {}  # id(latents) -> (weakref to them, the settings `invert` used)
+        self._warned_clipping = False
+
+    @property
+    def decode_defaults(self) -> dict:
+        """The decode settings an argument left at `None` takes: `num_inference_steps` from the pipeline's config
+        (`model_index.json`), `guidance_scale`, `guidance_log_snr_range`, `inversion_log_snr_range` and `realism` from
+        the encoder's config (they travel with the encoder). Keys a model was saved without fall back to 50 steps,
+        γ = 1, every step guided, the inversion guided where the decode is, and realism 1 (a posterior sample)."""
+        encoder = self.encoder.config
+        steps = self.config.get("num_inference_steps")
+        guidance_scale = encoder.get("guidance_scale")
+        guidance_range = log_snr_range(encoder.get("guidance_log_snr_range")) or (-math.inf, math.inf)
+        inversion_range = log_snr_range(encoder.get("inversion_log_snr_range"), "inversion_log_snr_range")
+        realism = encoder.get("realism")
+        return {
+            "num_inference_steps": DEFAULT_NUM_INFERENCE_STEPS if steps is None else steps,
+            "guidance_scale": 1.0 if guidance_scale is None else float(guidance_scale),
+            "guidance_log_snr_range": guidance_range,
+            "inversion_log_snr_range": inversion_range or guidance_range,
+            "realism": 1.0 if realism is None else float(realism),
+        }
+
+    def _remember_inversion(self, latents: torch.Tensor, settings: dict):
+        key = id(latents)
+        forget = lambda _, key=key, records=self._inversions: records.pop(key, None)  # noqa: E731
+        self._inversions[key] = (weakref.ref(latents, forget), settings)
+
+    def _inversion_of(self, latents) -> dict | None:
+        """The settings `invert` used to produce exactly this `latents` tensor (the same object), else `None`."""
+        entry = self._inversions.get(id(latents)) if latents is not None else None
+        if entry is None or entry[0]() is not latents:
+            return None
+        return entry[1]
+
+    def _decode_scheduler(self, guidance_scale: float, clip_sample: bool | None) -> SchedulerMixin:
+        """The scheduler a decode steps with: `self.scheduler`, or a copy of it with x̂_0 clipping switched.
+
+        `clip_sample=None` (default): guided decodes (γ > 0) do not clip x̂_0 nor threshold it, whatever the
+        scheduler's config says (clipping pulls x̂_0 back inside [-1, 1] at every step against the encoder term; the
+        measurements are in docs/results.md); it is logged once. With γ = 0 the scheduler is used as it is, so the
+        pipeline is the unconditional sampler bit for bit. `True` / `False` clip (as `clip_sample=True` in the
+        scheduler's config) or not, for any γ."""
+        scheduler = self.scheduler
+        config = scheduler.config
+        clips = bool(config.get("clip_sample", False)) or bool(config.get("thresholding", False))
+        if clip_sample is None:
+            if guidance_scale == 0 or not clips:
+                return scheduler
+            if not self._warned_clipping:
+                logger.warning(
+                    f"The scheduler's config asks to clip x̂_0 ({type(scheduler).__name__}: clip_sample="
+                    f"{config.get('clip_sample')}, thresholding={config.get('thresholding')}); guided decodes do not "
+                    "clip, because clipping fights the encoder term. Pass clip_sample=True to clip."
+                )
+                self._warned_clipping = True
+            clip_sample = False
+        if clip_sample:
+            if "clip_sample" not in config:
+                raise ValueError(
+                    f"clip_sample=True, but {type(scheduler).__name__} has no x̂_0 clipping (no `clip_sample` in its "
+                    "config); use a scheduler that has one (DDPM, DDIM, ...) or leave clip_sample at None."
+                )
+            if config.get("clip_sample"):
+                return scheduler
+            return type(scheduler).from_config(config, clip_sample=True)
+        if not clips:
+            return scheduler
+        return type(scheduler).from_config(
+            config, **{name: False for name in ("clip_sample", "thresholding") if name in config}
+        )
 
     @property
     def guidance_scale(self) -> float:
@@ -338,19 +434,20 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             raise ValueError("latent_codes contains NaN or infinite values.")
         return latent_codes.to(self._execution_device, self.encoder.dtype)
 
-    def prepare_extra_step_kwargs(self, generator, eta: float = 0.0) -> dict:
+    def prepare_extra_step_kwargs(self, generator, eta: float = 0.0, scheduler=None) -> dict:
         # not all schedulers' `step` take a generator (DDIM, DDPM, Euler ancestral, ... do; PNDM, LMS, ... do not);
         # eta (η) is DDIM's: passed where `step` accepts it, and a non-zero η for a scheduler without it is an error
         if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta) or eta < 0:
             raise ValueError(f"eta must be a finite number >= 0 (0 = deterministic DDIM, 1 = DDPM-like), got {eta!r}.")
-        parameters = set(inspect.signature(self.scheduler.step).parameters.keys())
+        scheduler = scheduler or self.scheduler
+        parameters = set(inspect.signature(scheduler.step).parameters.keys())
         extra_step_kwargs = {"generator": generator} if "generator" in parameters else {}
         if "eta" in parameters:
             extra_step_kwargs["eta"] = eta
         elif eta != 0:
             raise ValueError(
                 f"eta={eta!r} is only used by schedulers whose `step` takes `eta` (DDIMScheduler and its relatives); "
-                f"{type(self.scheduler).__name__} does not. Leave eta at 0 or use DDIMScheduler."
+                f"{type(scheduler).__name__} does not. Leave eta at 0 or use DDIMScheduler."
             )
         return extra_step_kwargs
 
@@ -364,6 +461,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         output_type,
         callback_on_step_end_tensor_inputs,
         guidance_log_snr_range=None,
+        realism=None,
     ):
         if image is not None and latent_codes is not None:
             raise ValueError(
@@ -374,14 +472,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
-        if not isinstance(guidance_scale, (int, float)) or not math.isfinite(guidance_scale) or guidance_scale < 0:
-            raise ValueError(
-                f"guidance_scale must be a finite number >= 0 (0 = unconditional, 1 = the ScoreVAE model), got "
-                f"{guidance_scale!r}."
-            )
+        check_decode_settings(guidance_scale, guidance_log_snr_range, None, realism)
         if output_type not in OUTPUT_TYPES:
             raise ValueError(f"output_type {output_type!r} is not supported; choose one of {OUTPUT_TYPES}.")
-        check_log_snr_range(guidance_log_snr_range)
         check_prior(self.unet, self.scheduler)  # components can be swapped after construction
         check_autoencoder(getattr(self, "vae", None))
         check_autoencoder_matches_unet(getattr(self, "vae", None), self.unet)
@@ -401,7 +494,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 "generator, or one per image."
             )
 
-    def prepare_latents(self, batch_size, dtype, device, generator, latents=None) -> torch.Tensor:
+    def prepare_latents(self, batch_size, dtype, device, generator, latents=None, scheduler=None) -> torch.Tensor:
         """The initial noise x_T ~ N(0, I) (or `latents`), scaled by the scheduler's `init_noise_sigma`."""
         shape = (batch_size, *self.latent_shape)
         if latents is None:
@@ -413,17 +506,19 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             if not torch.isfinite(latents).all():
                 raise ValueError("latents contains NaN or infinite values.")
             latents = latents.to(device=device, dtype=dtype)
-        return latents * self.scheduler.init_noise_sigma
+        return latents * (scheduler or self.scheduler).init_noise_sigma
 
     def guide(self, model_output, model_input, timestep, latent_codes) -> torch.Tensor:
         """Add the encoder's score to a UNet output: ε̂ − γ σ_t ∇_{x_t} log q_φ(z | x_t, λ_t), in the scheduler's
-        `prediction_type` (MATH.md §3). `model_input` is the VP-scaled sample the UNet saw. Outside
-        `guidance_log_snr_range` the UNet output is returned unchanged and the encoder does not run."""
-        log_snr = scheduler_log_snr(self.scheduler, timestep)
-        if not guided_log_snr(log_snr, self.guidance_log_snr_range):
+        `prediction_type` (docs/math.md §3). `model_input` is the VP-scaled sample the UNet saw. At steps
+        `noise.guided_steps` does not select (outside `guidance_log_snr_range`, or of zero SNR) the UNet output is
+        returned unchanged and the encoder does not run."""
+        scheduler = getattr(self, "_scheduler_in_use", None) or self.scheduler
+        log_snr = scheduler_log_snr(scheduler, timestep)
+        if not bool(guided_steps(log_snr, self.guidance_log_snr_range).all()):
             return model_output
         score = encoder_score(self.encoder, model_input, log_snr.float(), latent_codes)
-        prediction_type = getattr(self.scheduler.config, "prediction_type", "epsilon")
+        prediction_type = getattr(scheduler.config, "prediction_type", "epsilon")
         return guided_model_output(model_output, model_input, score, log_snr, self.guidance_scale, prediction_type)
 
     def postprocess(self, sample: torch.Tensor, output_type: str):
@@ -446,10 +541,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         image=None,
         latent_codes: torch.Tensor | list[torch.Tensor] | None = None,
         batch_size: int = 1,
-        num_inference_steps: int = 50,
+        num_inference_steps: int | None = None,
         timesteps: list[int] | None = None,
         sigmas: list[float] | None = None,
-        guidance_scale: float = 1.0,
+        guidance_scale: float | None = None,
         guidance_log_snr_range: tuple[float, float] | None = None,
         eta: float = 0.0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -458,6 +553,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Callable | PipelineCallback | MultiPipelineCallbacks | None = None,
         callback_on_step_end_tensor_inputs: list[str] = ["latents"],
+        realism: float | None = None,
+        clip_sample: bool | None = None,
     ) -> ScoreVAEPipelineOutput | tuple:
         r"""
         Reconstruct images (`image`), decode latent codes (`latent_codes`), or sample the ScoreVAE generative model
@@ -472,22 +569,25 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 Codes to decode. A list of `(1, latent_dim)` or `(latent_dim,)` tensors is concatenated.
             batch_size (`int`, *optional*, defaults to 1):
                 Number of images to sample when neither `image` nor `latent_codes` is given.
-            num_inference_steps (`int`, *optional*, defaults to 50):
-                Number of scheduler steps; ignored when `timesteps` or `sigmas` is given.
+            num_inference_steps (`int`, *optional*):
+                Number of scheduler steps; ignored when `timesteps` or `sigmas` is given. `None`: the pipeline's saved
+                default ([`~ScoreVAEPipeline.decode_defaults`]; 50 when none was saved).
             timesteps (`List[int]`, *optional*):
                 Custom timesteps (descending) for schedulers whose `set_timesteps` accepts `timesteps` (e.g.
                 [`DDPMScheduler`]), as in diffusers' pipelines; a scheduler that does not is a `ValueError`.
             sigmas (`List[float]`, *optional*):
                 Custom sigmas for schedulers whose `set_timesteps` accepts `sigmas`; at most one of `timesteps` and
                 `sigmas`.
-            guidance_scale (`float`, *optional*, defaults to 1.0):
+            guidance_scale (`float`, *optional*):
                 γ, the weight of the encoder's score. 1 is the ScoreVAE model; larger values act as an inverse
-                temperature on q_φ(z | x_t) (as in classifier guidance); 0 is the unconditional sampler, bit for bit.
+                temperature on q_φ(z | x_t) (as in classifier guidance); 0 (with realism 1, its default then) is the
+                unconditional sampler, bit for bit. `None`: the value saved in the encoder's config (1 when none).
             guidance_log_snr_range (`Tuple[float, float]`, *optional*):
                 `(low, high)`: apply the encoder term only at model calls whose log-SNR λ_t lies in the closed range
                 [low, high] (either end may be infinite); the other steps are the prior's own and the encoder does not
                 run there. Guidance in a limited interval of noise levels can improve samples (Kynkäänniemi et al.
-                2024), and here it also saves the encoder's cost at unguided steps. Defaults to every step.
+                2024), and here it also saves the encoder's cost at unguided steps. `None`: the range saved in the
+                encoder's config; every step when none was saved.
             eta (`float`, *optional*, defaults to 0.0):
                 η of the DDIM paper (0: deterministic DDIM; 1: DDPM-like noise), passed to `scheduler.step` for
                 [`DDIMScheduler`] and other schedulers whose `step` takes `eta`; a non-zero η with any other scheduler
@@ -497,7 +597,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 the codes when none are given, and is passed on to `scheduler.step`.
             latents (`torch.Tensor` of shape `(batch_size, C, H, W)`, *optional*):
                 Initial noise x_T ~ N(0, I) in the UNet's sample shape ([`~ScoreVAEPipeline.latent_shape`]; scaled by
-                `scheduler.init_noise_sigma` inside, as diffusers does).
+                `scheduler.init_noise_sigma` inside, as diffusers does). At realism < 1 it is the noise added to the
+                mean estimate. The `latents` of a [`ScoreVAEInversionOutput`] (that very tensor) make the decode the
+                deterministic DDIM pass the inversion inverted: the inversion's steps, γ and range are then the
+                defaults, with its DDIM scheduler (η = 0) and realism 1.
             output_type (`str`, *optional*, defaults to `"pil"`):
                 `"pil"`, `"np"`, `"pt"` (images in [0, 1], decoded by the `vae` if there is one) or `"latent"` (the
                 final sample in the UNet's space, not decoded).
@@ -508,6 +611,19 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 replacements for the tensors in `callback_kwargs`.
             callback_on_step_end_tensor_inputs (`List[str]`, *optional*, defaults to `["latents"]`):
                 Tensors passed to the callback, from `._callback_tensor_inputs` (`"latents"`, `"latent_codes"`).
+            realism (`float`, *optional*):
+                Where the decode sits between distortion and realism, in [0, 1] (docs/math.md §9). 1 is a posterior
+                sample of p(x | z) from pure noise. Below 1 the decode starts from the encoder's mean decoder, its
+                estimate of E[x_0 | z], noised to the level `realism` of the way down the schedule (as img2img's
+                `strength`), and refines it with the guided reverse process over the remaining
+                `int(num_inference_steps * realism)` steps: fewer UNet evaluations, lower L2, less realism. 0 returns
+                the mean estimate itself (no UNet call). `None`: the value saved in the encoder's config (1 when none
+                was saved, or when `guidance_scale=0` is passed). Below 1 needs an encoder with a mean decoder
+                (`ScoreVAEEncoder.has_decoder`); otherwise it is a `ValueError`.
+            clip_sample (`bool`, *optional*):
+                `None`: guided decodes do not clip or threshold x̂_0, whatever the scheduler's config says (logged once
+                when it asks to); with γ = 0 the scheduler runs as configured. `True` / `False`: clip x̂_0 to the
+                scheduler's `clip_sample_range` or not.
 
         Examples:
 
@@ -517,7 +633,17 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
 
-        # 1. check inputs
+        # 1. resolve the settings (an explicit argument wins; `None` takes the inversion's for its latents, else the
+        #    model's saved defaults) and check the inputs
+        inversion = self._inversion_of(latents)
+        defaults = dict(self.decode_defaults, **(inversion or {}))
+        if guidance_scale is not None and guidance_scale == 0 and realism is None:
+            defaults["realism"] = 1.0  # γ = 0 asks for the prior's own sampler
+        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        if guidance_log_snr_range is None:
+            guidance_log_snr_range = defaults["guidance_log_snr_range"]
+        realism = defaults["realism"] if realism is None else realism
         self.check_inputs(
             image,
             latent_codes,
@@ -527,12 +653,25 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             output_type,
             callback_on_step_end_tensor_inputs,
             guidance_log_snr_range,
+            realism,
         )
         check_encoder_matches_unet(self.encoder, self.unet)
+        if realism < 1 and not self.encoder.has_decoder:
+            raise ValueError(
+                f"realism={realism!r} starts the decode from the encoder's mean decoder (an estimate of E[x_0 | z]), "
+                "but this pipeline's encoder has none (decoder_block_out_channels=None). Decode at realism=1, or use "
+                "an encoder with a mean decoder (`encoder.with_decoder(beta_vae)`, docs/math.md §9)."
+            )
+        if clip_sample is not None and not isinstance(clip_sample, bool):
+            raise ValueError(f"clip_sample must be None, True or False, got {clip_sample!r}.")
         self._guidance_scale = guidance_scale
-        self._guidance_log_snr_range = guidance_log_snr_range
+        self._guidance_log_snr_range = log_snr_range(guidance_log_snr_range)
         self._interrupt = False
         device = self._execution_device
+        scheduler = inversion["scheduler"] if inversion else self._decode_scheduler(guidance_scale, clip_sample)
+        if inversion and clip_sample:
+            raise ValueError("clip_sample=True cannot decode inverted latents: the inversion ran without clipping.")
+        self._scheduler_in_use = scheduler
 
         # 2. encode the images, or take the given codes
         if image is not None:
@@ -548,28 +687,34 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             batch_size = latent_codes.shape[0]
         self._check_generator(generator, batch_size)
 
-        # 3. set the timesteps (before the noise: `init_noise_sigma` depends on them)
+        # 3. set the timesteps (before the noise: `init_noise_sigma` depends on them); at realism < 1 keep the last
+        #    int(num_inference_steps · realism) of them, as img2img keeps the last `strength` of the schedule
         timesteps, num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas
+            scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas
         )
+        if realism < 1:
+            timesteps = self.get_timesteps(scheduler, num_inference_steps, realism)
         self._num_timesteps = len(timesteps)
-        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta)
+        extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, scheduler)
 
-        # 4. prepare the initial noise, then (with no image or codes) draw the codes z ~ N(0, I)
-        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents)
-        if latent_codes is None and guidance_scale > 0:
+        # 4. prepare the initial noise, then (with no image or codes) draw the codes z ~ N(0, I); at realism < 1 the
+        #    start is the mean estimate of x_0 given z, noised to the first kept timestep
+        latents = self.prepare_latents(batch_size, self.unet.dtype, device, generator, latents, scheduler)
+        if latent_codes is None and (guidance_scale > 0 or realism < 1):
             latent_shape = (batch_size, self.encoder.config.latent_dim)
             latent_codes = randn_tensor(latent_shape, generator=generator, device=device, dtype=self.encoder.dtype)
+        if realism < 1:
+            latents = self.prepare_start(latent_codes, latents / scheduler.init_noise_sigma, timesteps, scheduler)
 
         # 5. denoising loop: UNet, encoder term, scheduler step
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
-            model_input = self.scheduler.scale_model_input(latents, t)
+            model_input = scheduler.scale_model_input(latents, t)
             model_output = self.unet(model_input, t).sample
             if guidance_scale > 0:
                 model_output = self.guide(model_output, model_input, t, latent_codes)
-            latents = self.scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
+            latents = scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
 
             if callback_on_step_end is not None:
                 callback_kwargs = {}
@@ -580,6 +725,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 latent_codes = callback_outputs.pop("latent_codes", latent_codes)
 
         # 6. post-process
+        self._scheduler_in_use = None
         images = self.postprocess(latents, output_type)
         self.maybe_free_model_hooks()
 
@@ -587,13 +733,32 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             return (images, latent_codes)
         return ScoreVAEPipelineOutput(images=images, latent_codes=latent_codes)
 
+    @staticmethod
+    def get_timesteps(scheduler, num_inference_steps: int, realism: float) -> torch.Tensor:
+        """The last `int(num_inference_steps · realism)` steps of `scheduler.timesteps` (set already), as diffusers'
+        img2img pipelines keep the last `strength` of the schedule (`set_begin_index` where the scheduler has it)."""
+        init_timestep = min(int(num_inference_steps * realism), num_inference_steps)
+        t_start = max(num_inference_steps - init_timestep, 0)
+        if hasattr(scheduler, "set_begin_index"):
+            scheduler.set_begin_index(t_start * scheduler.order)
+        return scheduler.timesteps[t_start * scheduler.order :]
+
+    def prepare_start(self, latent_codes, noise, timesteps, scheduler) -> torch.Tensor:
+        """The start of a decode at realism < 1: the encoder's mean estimate x̂_0 = E[x_0 | z] (its mean decoder),
+        noised to the first of `timesteps` by `scheduler.add_noise` with `noise` ~ N(0, I); x̂_0 itself when no step
+        is left (realism 0)."""
+        mean = self.encoder.decode(latent_codes).to(noise.dtype)
+        if len(timesteps) == 0:
+            return mean
+        return scheduler.add_noise(mean, noise, timesteps[:1].repeat(mean.shape[0]))
+
     @torch.no_grad()
     def invert(
         self,
         image,
         latent_codes: torch.Tensor | list[torch.Tensor] | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 1.0,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
         guidance_log_snr_range: tuple[float, float] | None = None,
         num_fixed_point_iterations: int = 0,
         generator: torch.Generator | list[torch.Generator] | None = None,
@@ -602,30 +767,30 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         r"""
         Invert the deterministic DDIM decode: run the probability-flow ODE of the *conditional* model backwards from
         the images to the initial noise x_T (DDIM inversion, with the same encoder term
-        ε̂ − γ σ_t ∇ log q_φ(z | x_t, λ_t) at every step as the decode). Decoding `latent_codes` from `latents` with
-        this DDIM scheduler and the same `num_inference_steps` and `guidance_scale` then reconstructs the images, up
-        to the inversion's first-order error, which shrinks as the number of steps grows, and much faster with
-        `num_fixed_point_iterations`.
+        ε̂ − γ σ_t ∇ log q_φ(z | x_t, λ_t) at every guided step as the decode). `pipe(latent_codes=out.latent_codes,
+        latents=out.latents)` then reconstructs the images with no other argument (the decode of these latents takes
+        the inversion's settings and scheduler), up to the inversion's first-order error, which shrinks as the number
+        of steps grows, and much faster with `num_fixed_point_iterations`.
 
-        The pipeline's scheduler must be a [`DDIMScheduler`] (decoded with eta=0) with `clip_sample=False` and
-        `thresholding=False`: a decode that clips x̂_0 at every step is many-to-one and cannot be inverted, so a
-        scheduler built with `DDIMScheduler.from_config(pipe.scheduler.config)` from a prior that clips (DDPM's
-        default) raises a `ValueError`; pass `clip_sample=False, thresholding=False` to `from_config`. The inversion
-        reads the scheduler's config (timestep spacing, `steps_offset`, `set_alpha_to_one`) and leaves it unchanged.
+        The inversion runs DDIM (η = 0) without x̂_0 clipping: the pipeline's scheduler when it is such a
+        [`DDIMScheduler`], else a `DDIMScheduler` built from its config (same schedule, spacing and offset) with
+        `clip_sample=False, thresholding=False` (a decode that clips x̂_0 at every step is many-to-one and cannot be
+        inverted). The pipeline's scheduler is left unchanged.
 
         Args:
             image (`PIL.Image.Image`, `np.ndarray`, `torch.Tensor` or a list of them):
                 Images in [0, 1] (see [`~ScoreVAEPipeline.preprocess`]).
             latent_codes (`torch.Tensor` of shape `(batch_size, latent_dim)` or a list of tensors, *optional*):
                 Codes to condition on; defaults to the encoder means of `image`.
-            num_inference_steps (`int`, *optional*, defaults to 50):
-                Number of DDIM steps, as for the decode.
-            guidance_scale (`float`, *optional*, defaults to 1.0):
-                γ, the weight of the encoder's score (0 inverts the unconditional prior).
+            num_inference_steps (`int`, *optional*):
+                Number of DDIM steps. `None`: the pipeline's saved default (`decode_defaults`).
+            guidance_scale (`float`, *optional*):
+                γ, the weight of the encoder's score (0 inverts the unconditional prior). `None`: the encoder's saved
+                value.
             guidance_log_snr_range (`Tuple[float, float]`, *optional*):
                 Apply the encoder term only at steps whose log-SNR lies in the closed range [low, high], by the same
-                rule as the decode (Kynkäänniemi et al. 2024; the encoder does not run at the other steps): decode
-                with the same range. Defaults to every step.
+                rule as the decode (the encoder does not run at the other steps). `None`: the encoder's saved
+                `inversion_log_snr_range` (inverting the conditional ODE can need a narrower range than sampling).
             num_fixed_point_iterations (`int`, *optional*, defaults to 0):
                 Refine each step by this many fixed-point iterations x_t ← DDIM⁻¹(x_prev; ε̂_cond(x_t, t)), which solve
                 the DDIM step exactly where they converge (one more UNet and encoder call per step each). 0 is plain
@@ -636,13 +801,20 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 Whether to return a [`ScoreVAEInversionOutput`] instead of a tuple `(latents, latent_codes)`.
 
         Returns:
-            [`ScoreVAEInversionOutput`] or `tuple`: the initial noise x_T and the codes.
+            [`ScoreVAEInversionOutput`] or `tuple`: the initial noise x_T and the codes (and, in the output, the
+            settings used).
         """
-        # 1. check inputs
-        check_invertible(self.scheduler)
+        # 1. resolve the settings (`None`: the saved defaults, the inversion's own log-SNR range) and check inputs
+        defaults = self.decode_defaults
+        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
+        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
+        if guidance_log_snr_range is None:
+            guidance_log_snr_range = defaults["inversion_log_snr_range"]
         self.check_inputs(
             None, latent_codes, 1, num_inference_steps, guidance_scale, "pt", None, guidance_log_snr_range
         )
+        guidance_log_snr_range = log_snr_range(guidance_log_snr_range)
+        scheduler = inversion_scheduler(self.scheduler)
         check_encoder_matches_unet(self.encoder, self.unet)
         if not isinstance(num_fixed_point_iterations, int) or num_fixed_point_iterations < 0:
             raise ValueError(
@@ -661,16 +833,15 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         def epsilon_fn(x, t):
             timesteps = t.to(x.device).expand(x.shape[0])
             x = x.to(self.unet.dtype)
-            guided = guided_log_snr(scheduler_log_snr(self.scheduler, t), guidance_log_snr_range)
             epsilon, _ = guided_epsilon(
-                self.unet, self.encoder, self.scheduler, x, timesteps, latent_codes, guidance_scale if guided else 0.0
+                self.unet, self.encoder, scheduler, x, timesteps, latent_codes, guidance_scale, guidance_log_snr_range
             )
             return epsilon
 
         latents = ddim_invert(
-            epsilon_fn, sample, self.scheduler, num_inference_steps, num_fixed_point_iterations, self.progress_bar
+            epsilon_fn, sample, scheduler, num_inference_steps, num_fixed_point_iterations, self.progress_bar
         )
-        latents = (latents / self.scheduler.init_noise_sigma).to(self.unet.dtype)
+        latents = (latents / scheduler.init_noise_sigma).to(self.unet.dtype)
         self.maybe_free_model_hooks()
         # x_T of a converged inversion looks like N(0, I) noise: per-image std ≈ 1 (± a few % for image-sized tensors)
         stds = latents.float().flatten(1).std(dim=1)
@@ -683,9 +854,15 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 "steps (e.g. (4.0, float('inf'))), or more num_inference_steps."
             )
 
+        settings = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "guidance_log_snr_range": guidance_log_snr_range or (-math.inf, math.inf),
+        }
+        self._remember_inversion(latents, dict(settings, scheduler=scheduler, realism=1.0))
         if not return_dict:
             return (latents, latent_codes)
-        return ScoreVAEInversionOutput(latents=latents, latent_codes=latent_codes)
+        return ScoreVAEInversionOutput(latents=latents, latent_codes=latent_codes, **settings)
 
     @torch.no_grad()
     def bits_per_dim(
@@ -803,37 +980,6 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         )
         self.maybe_free_model_hooks()
         return nats
-
-
-def check_log_snr_range(guidance_log_snr_range):
-    """Raise a `ValueError` unless `guidance_log_snr_range` is `None` or `(low, high)`: two numbers, each finite or
-    ±inf (not NaN), with low <= high."""
-    if guidance_log_snr_range is None:
-        return
-    valid = (
-        isinstance(guidance_log_snr_range, (tuple, list))
-        and len(guidance_log_snr_range) == 2
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in guidance_log_snr_range)
-        and not any(math.isnan(v) for v in guidance_log_snr_range)
-        and guidance_log_snr_range[0] <= guidance_log_snr_range[1]
-    )
-    if not valid:
-        raise ValueError(
-            f"guidance_log_snr_range must be None (guide every step) or a pair (low, high) of numbers (finite or "
-            f"±inf, not NaN) with low <= high, e.g. (-5.0, float('inf')); got {guidance_log_snr_range!r}."
-        )
-
-
-def guided_log_snr(log_snr: torch.Tensor, guidance_log_snr_range) -> bool:
-    """Whether the encoder term applies at a step of log-SNR `log_snr` (a 0-d tensor): λ finite (at zero terminal SNR,
-    ᾱ_T = 0, x_T is pure noise and carries no information about z) and inside the closed range
-    `guidance_log_snr_range` (`None`: every step)."""
-    if not torch.isfinite(log_snr):
-        return False
-    if guidance_log_snr_range is None:
-        return True
-    low, high = guidance_log_snr_range
-    return bool(low <= log_snr.item() <= high)
 
 
 SUPPORTED_PRIORS = (
