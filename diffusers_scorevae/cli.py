@@ -11,148 +11,109 @@ import argparse
 import json
 import os
 import sys
-import time
+import warnings
 
 import numpy as np
 import torch
 
-# The command's decoding settings, chosen by the sampler study in docs/results.md (first 100, then 500 test images,
-# the bundled encoder): DDPM (ancestral, η = 1) with 50 steps, x̂_0 not clipped (clipping it cost 12% L2 at DDPM
-# and broke every DDIM decode with guidance), and the encoder term only where log-SNR ≥ -6 (the 11 noisiest of the 50
-# steps carry nothing of the code: skipping them cost no L2 and saves a fifth of the encoder's calls). γ = 3.5 for the
-# bundled 16-wide encoder (first 500 test images, L2 2.525 / 2.453 / 2.411 / 2.392 / 2.396 at γ 2 / 2.5 / 3 / 3.5 / 4).
-DEFAULT_STEPS = 50
-DEFAULT_GUIDANCE = 3.5
-DEFAULT_SCHEDULER = "ddpm"
-DEFAULT_CLIP_SAMPLE = False
-DEFAULT_GUIDANCE_LOG_SNR_RANGE = (-6.0, float("inf"))
-# `scorevae interpolate` (and the app's Interpolate tab) guide the DDIM inversion and its decodes only where
-# log-SNR ≥ 2: with the posterior-fitted bundled encoder the inverse ODE diverges when it is guided at noisier steps
-# (16 bundled test images, DDIM 50, γ 3.5: x_T per-image std up to 25 and round-trip L2 16.6 at ≥ -6, 11.1 at ≥ 0;
-# 0.77 at ≥ 2 and 0.78 at ≥ 3, with x_T std ≤ 0.92, where N(0, I) noise has 1; at γ 2 the same picture).
-DEFAULT_INTERPOLATE_LOG_SNR_RANGE = (2.0, float("inf"))
+from . import evaluation, loading
+
+# Deprecated: the decoding settings now travel with the model (its encoder config / model_index.json,
+# `ScoreVAEPipeline.decode_defaults`), and the command's flags default to None = the model's. These names stay for
+# one release, with a FutureWarning (module `__getattr__` below), at the values the command used to default to.
+_DEPRECATED_DEFAULTS = {
+    "DEFAULT_STEPS": 50,
+    "DEFAULT_GUIDANCE": 3.5,
+    "DEFAULT_SCHEDULER": "ddpm",
+    "DEFAULT_CLIP_SAMPLE": False,
+    "DEFAULT_GUIDANCE_LOG_SNR_RANGE": (-6.0, float("inf")),
+    "DEFAULT_INTERPOLATE_LOG_SNR_RANGE": (2.0, float("inf")),
+}
 
 
-def _device(name: str | None) -> torch.device:
-    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+def _deprecated(old: str, new: str):
+    warnings.warn(
+        f"`diffusers_scorevae.cli.{old}` is deprecated and will be removed in the next release; {new}.",
+        FutureWarning,
+        stacklevel=3,
+    )
+
+
+def __getattr__(name: str):
+    if name in _DEPRECATED_DEFAULTS:
+        _deprecated(name, "decoding settings are saved with the model (`pipe.decode_defaults`)")
+        return _DEPRECATED_DEFAULTS[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def resolve(name_or_path: str) -> str:
-    """A bundled name (see `pretrained_path`), a local folder, or a Hub repo id (returned unchanged)."""
-    from .bundled import BUILDABLE, BUNDLED, pretrained_path
-
-    return pretrained_path(name_or_path) if name_or_path in BUNDLED or name_or_path in BUILDABLE else name_or_path
-
-
-def load_pipeline(
-    pipeline: str,
-    prior: str | None,
-    scheduler: str | None,
-    device: torch.device,
-    clip_sample: bool | None = DEFAULT_CLIP_SAMPLE,
-):
-    """The ScoreVAE pipeline, optionally decoding with another prior (its unet + scheduler: a pipeline repo or folder
-    in either layout, e.g. `google/ddpm-cifar10-32`) and another scheduler type. `clip_sample` (True/False) overrides
-    the scheduler's `clip_sample` where its config has one; None keeps the saved config as it is."""
-    import diffusers
-
-    from .models import ScoreVAEEncoder
-    from .pipelines import ScoreVAEPipeline
-
-    if prior is None:
-        pipe = ScoreVAEPipeline.from_pretrained(resolve(pipeline))
-    else:  # the pipeline's encoder alone, beside the other prior
-        encoder = ScoreVAEEncoder.from_pretrained(resolve(pipeline), subfolder="encoder")
-        pipe = ScoreVAEPipeline.from_pretrained(resolve(prior), encoder=encoder)
-    if scheduler is not None:
-        classes = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}
-        pipe.scheduler = classes[scheduler].from_config(pipe.scheduler.config)
-    if clip_sample is not None and "clip_sample" in pipe.scheduler.config:
-        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, clip_sample=clip_sample)
-    return pipe.to(device)
+    """Deprecated alias of [`diffusers_scorevae.loading.resolve`]."""
+    _deprecated("resolve", "use `diffusers_scorevae.loading.resolve`")
+    return loading.resolve(name_or_path)
 
 
-def compare(
-    pipe,
-    images: torch.Tensor,
-    args,
-    device,
-    beta_vae_path: str | None,
-    classifier_path: str | None,
-    num_samples_per_code: int = 1,
-    fd: bool = False,
-):
-    """Reconstruct `images` ([0, 1], `[N, 1, 28, 28]`) with ScoreVAE and the β-VAE; metrics of both, each with its
-    rate `kl` (nats/image). With `num_samples_per_code` K ≥ 2, ScoreVAE decodes each code K times (`l2` is the first
-    decode's); with `fd`, the Fréchet distance of classifier features to the originals.
+def load_pipeline(pipeline, prior=None, scheduler=None, device=None, clip_sample=None):
+    """Deprecated alias of [`diffusers_scorevae.loading.load_pipeline`]."""
+    _deprecated("load_pipeline", "use `diffusers_scorevae.loading.load_pipeline`")
+    return loading.load_pipeline(pipeline, prior, scheduler, device, clip_sample)
 
-    A pipeline whose `image_shape` is larger than the images (the 32×32 latent pipeline) reads them padded centrally
-    with black and its decodes are cropped back (`evaluation.fit_to_pipeline`): every metric is on the 28×28 pixels,
-    the rate is its encoder's KL on the autoencoder's latents, and the `autoencoder` row (vae.decode(vae.encode(x)))
-    is the floor of any reconstruction through those latents. The β-VAE is the 28×28 pixel one."""
-    from .evaluation import (
-        autoencoder_reconstruct,
-        beta_vae_metrics,
-        decode_metrics,
-        fit_to_pipeline,
-        kl_rate,
-        reconstruction_metrics,
-        scorevae_decode_samples,
+
+def compare(pipe, images, args, device=None, beta_vae_path=None, classifier_path=None, num_samples_per_code=1,
+            fd=False):  # fmt: skip
+    """Deprecated: [`diffusers_scorevae.evaluation.compare`] takes the settings as keyword arguments."""
+    _deprecated("compare", "use `diffusers_scorevae.evaluation.compare` with keyword arguments")
+    return evaluation.compare(
+        pipe, images, beta_vae=beta_vae_path, classifier=classifier_path, num_samples_per_code=num_samples_per_code,
+        fd=fd, **_decode_kwargs(args), batch_size=args.batch_size, seed=args.seed, prior=args.prior or args.pipeline,
+    )  # fmt: skip
+
+
+def bits_per_dim_metrics(pipe, images, args) -> dict:
+    """Deprecated: [`diffusers_scorevae.evaluation.bits_per_dim_metrics`] takes keyword arguments."""
+    _deprecated("bits_per_dim_metrics", "use `diffusers_scorevae.evaluation.bits_per_dim_metrics`")
+    return evaluation.bits_per_dim_metrics(
+        pipe, images, batch_size=args.batch_size, seed=args.seed, num_sampled_timesteps=args.num_sampled_timesteps
     )
-    from .models.beta_vae import BetaVAE
-    from .models.classifier import FashionMNISTClassifier
 
-    classifier = FashionMNISTClassifier.from_pretrained(resolve(classifier_path)).to(device).eval()
-    start = time.time()
-    decodes = scorevae_decode_samples(
-        pipe,
-        images,
-        args.batch_size,
-        args.num_inference_steps,
-        args.guidance_scale,
-        seed=args.seed,
-        num_samples_per_code=num_samples_per_code,
-        guidance_log_snr_range=_log_snr_range(args),
-    )
-    seconds = (time.time() - start) / num_samples_per_code
-    scorevae = decodes[0]
-    beta_vae = BetaVAE.from_pretrained(resolve(beta_vae_path)).to(device).eval()
-    baseline, baseline_metrics = beta_vae_metrics(beta_vae, images, classifier, fd=fd)
 
-    scorevae_metrics = decode_metrics(images, decodes, classifier, fd=fd)
-    vae = getattr(pipe, "vae", None)
-    scorevae_metrics["kl"] = kl_rate(pipe.encoder, fit_to_pipeline(pipe, images), vae=vae).mean().item()
-    metrics = {
-        "num_images": len(images),
+_device = loading.default_device  # private; the app imported it
+
+
+def _decode_kwargs(args) -> dict:
+    """The decode's settings from the flags; `None` where a flag was not given (= the model's)."""
+    log_snr_range = getattr(args, "guidance_log_snr_range", None)
+    return {
         "num_inference_steps": args.num_inference_steps,
         "guidance_scale": args.guidance_scale,
-        "guidance_log_snr_range": _log_snr_range(args),
-        "clip_sample": pipe.scheduler.config.get("clip_sample"),
-        "scheduler": type(pipe.scheduler).__name__,
-        "prior": args.prior or args.pipeline,
-        "num_samples_per_code": num_samples_per_code,
-        "scorevae": scorevae_metrics,
-        "beta_vae": baseline_metrics,
-        "originals": {"sharpness": reconstruction_metrics(images, images)["sharpness"]},
-        "scorevae_seconds": seconds,  # one decode of every image (the K decodes' time / K)
+        "guidance_log_snr_range": None if log_snr_range is None else tuple(log_snr_range),
+        "realism": getattr(args, "realism", None),
+        "clip_sample": args.clip_sample,
     }
-    if vae is not None:
-        metrics["autoencoder"] = reconstruction_metrics(images, autoencoder_reconstruct(pipe, images), classifier)
-        metrics["image_shape"] = list(pipe.image_shape)
-    return scorevae, baseline, metrics
+
+
+def _load(args, scheduler=None, clip_sample=None):
+    return loading.load_pipeline(args.pipeline, args.prior, scheduler, args.device, clip_sample)
 
 
 def cmd_demo(args):
     from .bundled import bundled_test_images
     from .visualization import save_rows
 
-    device = _device(args.device)
     images, _ = bundled_test_images()
     if not 1 <= args.num_images <= len(images):
         raise ValueError(f"--num-images {args.num_images} must be between 1 and {len(images)} (the bundled images).")
     images = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
-    pipe = load_pipeline(args.pipeline, args.prior, args.scheduler, device, args.clip_sample)
-    scorevae, baseline, metrics = compare(pipe, images, args, device, args.beta_vae, args.classifier)
+    pipe = _load(args, args.scheduler, args.clip_sample)
+    scorevae, baseline, metrics = evaluation.compare(
+        pipe,
+        images,
+        beta_vae=args.beta_vae,
+        classifier=args.classifier,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        prior=args.prior or args.pipeline,
+        **_decode_kwargs(args),
+    )
     os.makedirs(args.output_dir, exist_ok=True)
     save_rows(
         [images, scorevae, baseline],
@@ -171,27 +132,48 @@ def cmd_evaluate(args):
 
     if args.num_samples_per_code < 1:
         raise ValueError(f"--num-samples-per-code must be at least 1, got {args.num_samples_per_code}.")
-    if args.bits_per_dim and args.num_samples_per_code != 1:
-        raise ValueError("--num-samples-per-code applies to reconstructions, not to --bits-per-dim.")
-    if args.bits_per_dim and args.guidance_log_snr_range is not None:
-        raise ValueError("--guidance-log-snr-range applies to reconstructions, not to --bits-per-dim.")
-    if not args.bits_per_dim and args.num_images < 2:
+    if args.bits_per_dim:
+        for flag, value in (("--num-samples-per-code", args.num_samples_per_code != 1),
+                            ("--guidance-log-snr-range", args.guidance_log_snr_range is not None),
+                            ("--realism", args.realism is not None)):  # fmt: skip
+            if value:
+                raise ValueError(f"{flag} applies to reconstructions, not to --bits-per-dim.")
+    elif args.num_images < 2:
         raise ValueError(f"--num-images must be at least 2 for the Fréchet distance, got {args.num_images}.")
-    device = _device(args.device)
+    # one process, or one of several started by `accelerate launch` / `torchrun` (each decodes a share of the images)
+    state = evaluation.process_state(args.device)
     if args.dataset_name is not None:
         images, _ = load_fashion_mnist_from_hub("test", dataset_name=args.dataset_name)
     else:
         images, _ = load_fashion_mnist("test", data_dir=args.fashion_mnist_dir)
     images = torch.from_numpy(images[: args.num_images]).float()[:, None] / 255.0
-    pipe = load_pipeline(args.pipeline, args.prior, args.scheduler, device, args.clip_sample)
+    device = evaluation.process_device(state, args.device)
+    pipe = loading.load_pipeline(args.pipeline, args.prior, args.scheduler, device, args.clip_sample)
     if args.bits_per_dim:
-        metrics = bits_per_dim_metrics(pipe, images, args)
+        if not state.is_main_process:  # one random stream over all the images: the main process computes the bound
+            return
+        metrics = evaluation.bits_per_dim_metrics(
+            pipe, images, batch_size=args.batch_size, seed=args.seed, num_sampled_timesteps=args.num_sampled_timesteps
+        )
+        metrics["num_processes"] = state.num_processes
         for key, value in metrics.items():
             print(f"{key}: {value}")
     else:
-        _, _, metrics = compare(
-            pipe, images, args, device, args.beta_vae, args.classifier, args.num_samples_per_code, fd=True
+        _, _, metrics = evaluation.compare(
+            pipe,
+            images,
+            beta_vae=args.beta_vae,
+            classifier=args.classifier,
+            batch_size=args.batch_size,
+            seed=args.seed,
+            num_samples_per_code=args.num_samples_per_code,
+            fd=True,
+            prior=args.prior or args.pipeline,
+            state=state,
+            **_decode_kwargs(args),
         )
+        if not state.is_main_process:
+            return
         _print_metrics(metrics)
     if args.output is not None:
         with open(args.output, "w") as f:
@@ -199,47 +181,25 @@ def cmd_evaluate(args):
         print(f"wrote {args.output}")
 
 
-def bits_per_dim_metrics(pipe, images: torch.Tensor, args) -> dict:
-    """Negative ELBO of ScoreVAE and the DDPM bound of the prior alone, in bits/dim, on `images` and on as many
-    uniform-noise images (which must score worse)."""
-    from tqdm.auto import tqdm
-
-    generator = torch.Generator().manual_seed(args.seed)
-    noise = torch.randint(0, 256, images.shape, generator=generator).float() / 255.0
-    results = {}
-    for name, data in (("data", images), ("uniform_noise", noise[: min(len(images), 64)])):
-        scorevae, prior = [], []
-        for start in tqdm(range(0, len(data), args.batch_size), desc=f"bits/dim ({name})"):
-            batch = data[start : start + args.batch_size]
-            kwargs = {"generator": generator, "num_sampled_timesteps": args.num_sampled_timesteps}
-            scorevae.append(pipe.bits_per_dim(batch, **kwargs).cpu())
-            prior.append(pipe.prior_bits_per_dim(batch, **kwargs).cpu())
-        scorevae, prior = torch.cat(scorevae), torch.cat(prior)
-        results[f"scorevae_bits_per_dim_{name}"] = scorevae.mean().item()
-        results[f"prior_bits_per_dim_{name}"] = prior.mean().item()
-        results[f"num_images_{name}"] = len(data)
-    results["num_sampled_timesteps"] = args.num_sampled_timesteps or "all"
-    return results
-
-
 def cmd_interpolate(args):
     import PIL.Image
 
     from .interpolation import interpolation_grid
 
-    device = _device(args.device)
     # z+xT needs DDIM inversion, which only inverts a decode that does not clip x̂_0
-    pipe = load_pipeline(args.pipeline, args.prior, "ddim", device, clip_sample=False)
+    pipe = _load(args, "ddim", clip_sample=False)
+    settings = _decode_kwargs(args)
+    # None: the pipeline's own (its invert default is the encoder's inversion range)
+    kwargs = {key: settings[key] for key in ("num_inference_steps", "guidance_scale") if settings[key] is not None}
     grid = interpolation_grid(
         pipe,
         PIL.Image.open(args.image_a),
         PIL.Image.open(args.image_b),
         num_points=args.num_points,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
         generator=torch.Generator().manual_seed(args.seed),
         scale=3,
-        guidance_log_snr_range=_log_snr_range(args),
+        guidance_log_snr_range=settings["guidance_log_snr_range"],
+        **kwargs,
     )
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
     grid.save(args.output)
@@ -251,17 +211,14 @@ def cmd_reconstruct(args):
 
     from .visualization import save_rows
 
-    device = _device(args.device)
-    pipe = load_pipeline(args.pipeline, args.prior, args.scheduler, device, args.clip_sample)
+    pipe = _load(args, args.scheduler, args.clip_sample)
     images = [PIL.Image.open(path) for path in args.images]
     originals = pipe.preprocess(images).cpu().add(1).div(2)
     out = pipe(
         image=images,
-        num_inference_steps=args.num_inference_steps,
-        guidance_scale=args.guidance_scale,
-        guidance_log_snr_range=_log_snr_range(args),
         generator=torch.Generator().manual_seed(args.seed),
         output_type="pt",
+        **evaluation.decode_call_kwargs(pipe, **_decode_kwargs(args)),
     )
     os.makedirs(args.output_dir, exist_ok=True)
     for path, image in zip(args.images, pipe.numpy_to_pil(out.images.cpu().permute(0, 2, 3, 1).numpy())):
@@ -273,7 +230,7 @@ def cmd_reconstruct(args):
 
 
 def cmd_app(args):
-    from .app import launch, require_gradio
+    from .app import launch, require_gradio  # imported here only: the app never imports the command
 
     try:
         require_gradio()
@@ -303,21 +260,14 @@ def _print_metrics(metrics: dict):
         print(f"l2: one decode per code; l2_mean_of_k: the mean of {k} decodes; l2_between_decodes: two decodes' L2")
 
 
-def _log_snr_range(args) -> tuple[float, float]:
-    """The decode's guidance_log_snr_range: the flag's, else the command's default."""
-    if args.guidance_log_snr_range is None:
-        return args.default_log_snr_range
-    return tuple(args.guidance_log_snr_range)
-
-
-def _add_decoding_args(parser, default_output=None, log_snr_range=DEFAULT_GUIDANCE_LOG_SNR_RANGE):
-    parser.set_defaults(default_log_snr_range=log_snr_range)  # what `_log_snr_range` returns without the flag
+def _add_decoding_args(parser, realism=True):
     parser.add_argument("--pipeline", default="fashion-mnist", help="Bundled name, folder or Hub id of the pipeline.")
     parser.add_argument(
         "--prior", default=None, help="Decode with this prior instead (bundled name, folder or Hub id)."
     )
-    parser.add_argument("--num-inference-steps", type=int, default=DEFAULT_STEPS)
-    parser.add_argument("--guidance-scale", type=float, default=DEFAULT_GUIDANCE)
+    model = "default: the value saved with the model"
+    parser.add_argument("--num-inference-steps", type=int, default=None, help=f"Denoising steps ({model}).")
+    parser.add_argument("--guidance-scale", type=float, default=None, help=f"γ, the encoder term's weight ({model}).")
     parser.add_argument(
         "--guidance-log-snr-range",
         type=float,
@@ -325,18 +275,27 @@ def _add_decoding_args(parser, default_output=None, log_snr_range=DEFAULT_GUIDAN
         default=None,
         metavar=("LOW", "HIGH"),
         help="Apply the encoder term only at steps whose log-SNR lies in [LOW, HIGH] (the encoder does not run at the "
-        f"others); default {log_snr_range[0]:g} inf. HIGH may be inf; for every step give a LOW "
-        "below every step's, e.g. -100 inf (argparse reads -inf as an option).",
+        f"others; {model}). HIGH may be inf; for every step give a LOW below every step's, e.g. -100 inf (argparse "
+        "reads -inf as an option).",
     )
+    if realism:
+        parser.add_argument(
+            "--realism",
+            type=float,
+            default=None,
+            metavar="R",
+            help="Trade distortion for realism, from 0 (closest to the original) to 1 (most realistic); see "
+            f"ScoreVAEPipeline.__call__ ({model}).",
+        )
     parser.add_argument(
-        "--scheduler", choices=["ddpm", "ddim"], default=None, help="Override the pipeline's scheduler type."
+        "--scheduler", choices=list(loading.SCHEDULERS), default=None, help="Override the pipeline's scheduler type."
     )
     parser.add_argument(
         "--clip-sample",
         action=argparse.BooleanOptionalAction,
-        default=DEFAULT_CLIP_SAMPLE,
-        help="Clip the scheduler's x̂_0 to [-1, 1] at every step (default: %(default)s; clipping with the encoder term "
-        "costs reconstruction quality).",
+        default=None,
+        help="Clip the scheduler's x̂_0 to [-1, 1] at every step (default: the saved scheduler's; guided decodes do "
+        "not clip unless asked, and clipping with the encoder term costs reconstruction quality).",
     )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--seed", type=int, default=0)
@@ -394,8 +353,8 @@ def build_parser() -> argparse.ArgumentParser:
     interpolate.add_argument("image_b")
     interpolate.add_argument("--num-points", type=int, default=8)
     interpolate.add_argument("--output", required=True, help="PNG file for the labelled grid.")
-    _add_decoding_args(interpolate, log_snr_range=DEFAULT_INTERPOLATE_LOG_SNR_RANGE)
-    interpolate.set_defaults(func=cmd_interpolate, num_inference_steps=50)
+    _add_decoding_args(interpolate, realism=False)
+    interpolate.set_defaults(func=cmd_interpolate)
 
     reconstruct = sub.add_parser("reconstruct", help="Reconstruct your own images (sized like the pipeline's prior).")
     reconstruct.add_argument("images", nargs="+")

@@ -1,5 +1,7 @@
 """The bundled Fashion-MNIST models and the `scorevae` command (run on the real bundled weights, few steps)."""
 
+import functools
+import inspect
 import json
 import os
 import re
@@ -88,11 +90,7 @@ def test_interpolate_default_range_inverts_the_bundled_encoder_without_diverging
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False)
     pipe.set_progress_bar_config(disable=True)
     images = torch.from_numpy(bundled_test_images()[0][:4]).float()[:, None] / 255
-    settings = dict(
-        num_inference_steps=50,
-        guidance_scale=cli.DEFAULT_GUIDANCE,
-        guidance_log_snr_range=cli.DEFAULT_INTERPOLATE_LOG_SNR_RANGE,
-    )
+    settings = dict(num_inference_steps=50, guidance_scale=3.5, guidance_log_snr_range=(2.0, float("inf")))
     inverted = pipe.invert(images, **settings)
     assert inverted.latents.flatten(1).std(dim=1).max() < 1.2
     decoded = pipe(latent_codes=inverted.latent_codes, latents=inverted.latents, output_type="pt", **settings).images
@@ -178,11 +176,75 @@ def test_guidance_log_snr_range_flag_reaches_every_decode(tmp_path, monkeypatch,
     interpolate = ["interpolate", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--num-points", "2"]
     assert main(interpolate + ["--num-inference-steps", "2", "--output", str(tmp_path / "grid.png"), *flag]) == 0
     assert seen[-2:] == [(-100.0, 2.5)] * 2  # the decodes of both rows
-    # without the flag, interpolate guides only at log-SNR >= 2, where the encoder's DDIM inversion does not diverge
+    # without the flag, interpolate leaves the range to the pipeline (the encoder's saved inversion range)
     assert main(interpolate + ["--num-inference-steps", "2", "--output", str(tmp_path / "grid.png")]) == 0
-    assert seen[-2:] == [cli.DEFAULT_INTERPOLATE_LOG_SNR_RANGE] * 2 == [(2.0, float("inf"))] * 2
+    assert seen[-2:] == [None] * 2
 
     assert main(args + ["--guidance-log-snr-range", "3", "1"]) == 2  # low > high: the pipeline's ValueError
     assert "guidance_log_snr_range" in capsys.readouterr().err
     assert main(["evaluate", "--bits-per-dim", *flag]) == 2
     assert "--guidance-log-snr-range" in capsys.readouterr().err
+
+
+def test_decoding_flags_default_to_the_model_and_are_passed_only_when_set(tmp_path, monkeypatch, capsys):
+    seen = []
+    call = ScoreVAEPipeline.__call__
+
+    @functools.wraps(call)  # the command reads which settings the pipeline takes from its signature
+    def recording_call(self, *args, **kwargs):
+        seen.append(kwargs)
+        return call(self, *args, **{**kwargs, "num_inference_steps": kwargs.get("num_inference_steps", 2)})
+
+    monkeypatch.setattr(ScoreVAEPipeline, "__call__", recording_call)
+    images, _ = bundled_test_images()
+    PIL.Image.fromarray(images[0]).save(tmp_path / "a.png")
+    reconstruct = ["reconstruct", str(tmp_path / "a.png"), "--output-dir", str(tmp_path / "out")]
+    assert main(reconstruct) == 0
+    for key in ("num_inference_steps", "guidance_scale", "guidance_log_snr_range", "realism", "clip_sample"):
+        assert key not in seen[-1], key  # None: the pipeline decodes with what the model saved
+    assert main(reconstruct + ["--guidance-scale", "2.5", "--num-inference-steps", "2"]) == 0
+    assert seen[-1]["guidance_scale"] == 2.5 and seen[-1]["num_inference_steps"] == 2
+
+    takes_realism = "realism" in inspect.signature(call).parameters
+    code = main(reconstruct + ["--realism", "0.5"])
+    if takes_realism:
+        assert code == 0 and seen[-1]["realism"] == 0.5
+    else:  # a pipeline without the argument says so
+        assert code == 2 and "realism" in capsys.readouterr().err
+
+    # demo records the settings it used: the flags', else the model's
+    assert main(["demo", "--output-dir", str(tmp_path / "d"), "--num-images", "2", "--guidance-scale", "2.5"]) == 0
+    metrics = json.load(open(tmp_path / "d" / "metrics.json"))
+    assert metrics["guidance_scale"] == 2.5 and metrics["num_processes"] == 1
+    pipe = ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist"))
+    saved = getattr(pipe, "decode_defaults", None)
+    default = inspect.signature(call).parameters["num_inference_steps"].default
+    assert metrics["num_inference_steps"] == (saved["num_inference_steps"] if saved else default)
+
+
+def test_deprecated_names_warn_and_forward(monkeypatch):
+    from diffusers_scorevae import evaluation, loading
+
+    with pytest.warns(FutureWarning, match="DEFAULT_GUIDANCE"):
+        assert cli.DEFAULT_GUIDANCE == 3.5
+    with pytest.warns(FutureWarning, match="loading.resolve"):
+        assert cli.resolve("fashion-mnist") == loading.resolve("fashion-mnist")
+    with pytest.raises(AttributeError):
+        cli.NO_SUCH_NAME  # noqa: B018
+    calls = []
+    monkeypatch.setattr(loading, "load_pipeline", lambda *args: calls.append(args) or "pipe")
+    with pytest.warns(FutureWarning, match="load_pipeline"):
+        assert cli.load_pipeline("fashion-mnist", None, "ddim", "cpu") == "pipe"
+    assert calls == [("fashion-mnist", None, "ddim", "cpu", None)]
+    monkeypatch.setattr(evaluation, "compare", lambda pipe, images, **kwargs: kwargs)
+    args = cli.build_parser().parse_args(["demo", "--guidance-scale", "2"])
+    with pytest.warns(FutureWarning, match="evaluation.compare"):
+        kwargs = cli.compare("pipe", "images", args, "cpu", "beta", "classifier")
+    assert kwargs["guidance_scale"] == 2.0 and kwargs["num_inference_steps"] is None and kwargs["beta_vae"] == "beta"
+
+
+def test_the_command_does_not_import_the_app():
+    # the app is imported by `scorevae app` alone; importing the command loads neither gradio nor the app
+    code = "import sys, diffusers_scorevae.cli; print('diffusers_scorevae.app' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.strip() == "False", result.stderr

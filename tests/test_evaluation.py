@@ -1,6 +1,7 @@
 """diffusers_scorevae.evaluation: the rate, K decodes of one code, the spread of those decodes, the Fréchet distance of
 reconstructions; and examples/evaluate_scorevae.py end to end on the bundled models (tiny real components, CPU)."""
 
+import inspect
 import json
 import os
 import sys
@@ -13,7 +14,13 @@ from diffusers import DDPMScheduler
 from diffusers_scorevae import BetaVAE, ScoreVAEPipeline, pretrained_path
 from diffusers_scorevae.bundled import bundled_test_images
 from diffusers_scorevae.evaluation import (
+    decode_call_kwargs,
+    decode_settings,
+    gather_in_order,
+    image_generators,
+    image_seed,
     kl_rate,
+    process_share,
     reconstruction_metrics,
     same_code_metrics,
     scorevae_decode_samples,
@@ -58,11 +65,18 @@ def test_decode_samples_reproducible_and_different():
     decodes = scorevae_decode_samples(pipe, x, num_samples_per_code=3, **kwargs)
     assert decodes.shape == (3, 3, 1, 8, 8)
     torch.testing.assert_close(scorevae_decode_samples(pipe, x, num_samples_per_code=3, **kwargs), decodes)
-    # the first decode is the K = 1 reconstruction, which is the pipeline's own reconstruction with the batch's seed
+    # the first decode is the K = 1 reconstruction, which is the pipeline's own reconstruction with one generator per
+    # image, seeded from (seed, the image's index)
     torch.testing.assert_close(scorevae_reconstruct(pipe, x, **kwargs), decodes[0])
-    generator = torch.Generator().manual_seed(5)
-    direct = pipe(image=x[:2], num_inference_steps=3, guidance_scale=2.0, generator=generator, output_type="pt")
+    generators = image_generators(5, [0, 1])
+    direct = pipe(image=x[:2], num_inference_steps=3, guidance_scale=2.0, generator=generators, output_type="pt")
     torch.testing.assert_close(direct.images, decodes[0, :2])
+    # an image's decodes do not depend on the batch it is in: another batch size, or a slice with its indices
+    torch.testing.assert_close(scorevae_decode_samples(pipe, x, num_samples_per_code=3, **{**kwargs, "batch_size": 3}),
+                               decodes)  # fmt: skip
+    torch.testing.assert_close(
+        scorevae_decode_samples(pipe, x[1:], num_samples_per_code=3, indices=[1, 2], **kwargs), decodes[:, 1:]
+    )
     # later decodes of the same code use different noise
     assert (l2(decodes[0], decodes[1]) > 1e-3).all() and (l2(decodes[1], decodes[2]) > 1e-3).all()
     with pytest.raises(ValueError, match="num_samples_per_code"):
@@ -78,10 +92,9 @@ def test_decode_samples_guidance_log_snr_range_and_progress(capsys):
     torch.testing.assert_close(
         scorevae_reconstruct(pipe, x, progress=False, guidance_log_snr_range=log_snr_range, **kwargs), decodes[0]
     )
-    generator = torch.Generator().manual_seed(5)
     direct = pipe(
         image=x[:2], num_inference_steps=3, guidance_scale=2.0, guidance_log_snr_range=log_snr_range,
-        generator=generator, output_type="pt",
+        generator=image_generators(5, [0, 1]), output_type="pt",
     )  # fmt: skip
     torch.testing.assert_close(direct.images, decodes[0, :2])
     assert (decodes[0] - scorevae_reconstruct(pipe, x, progress=False, **kwargs)).abs().max() > 1e-4
@@ -157,6 +170,9 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
 def test_evaluate_scorevae_settings():
     parse = evaluate_scorevae.parse_setting
     assert parse("ddpm:50:2") == ("ddpm", 50, 2.0, {}, {})
+    # steps and guidance scale left out or empty: the values saved with the model
+    assert parse("ddpm") == ("ddpm", None, None, {}, {})
+    assert parse("ddim::2:realism=0.5") == ("ddim", None, 2.0, {}, {"realism": 0.5})
     assert parse("ddim:25:1.5:noclip,eta=0.5") == ("ddim", 25, 1.5, {"clip_sample": False}, {"eta": 0.5})
     assert parse("dpm:20:2:algorithm_type=sde-dpmsolver++,solver_order=2") == (
         "dpm",
@@ -172,53 +188,90 @@ def test_evaluate_scorevae_settings():
     assert evaluate_scorevae.power_timesteps(20, 10, 3) == [14, 10, 6, 4, 2, 1, 0]
     with pytest.raises(ValueError, match="power"):
         evaluate_scorevae.power_timesteps(1000, 4, 0)
-    for bad, name in [("ddpm:50", "setting"), ("foo:50:2", "scheduler"), ("ddpm:50:2:fast", "option")]:
+    bad_settings = [("ddpm:x:2", "setting"), ("ddpm:1:2:3:4", "setting"), ("foo:50:2", "scheduler")]
+    for bad, name in bad_settings + [("ddpm:50:2:fast", "option")]:
         with pytest.raises(ValueError, match=name):
             parse(bad)
     with pytest.raises(ValueError, match="--num_samples_per_code"):
         evaluate_scorevae.parse_args(["--pipelines", "p", "--output", "x.json", "--num_samples_per_code", "0"])
 
 
-def test_merge_evaluations_joins_slices_into_the_whole_run(tmp_path, monkeypatch):
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
-    import merge_evaluations
+def test_image_seeds_depend_on_seed_and_index_only():
+    assert image_seed(0, 7) == image_seed(0, 7)
+    assert len({image_seed(seed, index) for seed in range(3) for index in range(50)}) == 150  # no collisions
+    assert image_seed(0, 1) != image_seed(1, 0)  # not seed + index
+    a, b = image_generators(3, [4, 4])
+    torch.testing.assert_close(torch.randn(5, generator=a), torch.randn(5, generator=b))
 
-    loader = lambda split, data_dir=None: bundled_test_images()  # noqa: E731
-    monkeypatch.setattr(evaluate_scorevae, "load_fashion_mnist", loader)
-    monkeypatch.setattr(merge_evaluations, "load_fashion_mnist", loader)
-    pipeline = pretrained_path("fashion-mnist")
 
-    def run(name, first, count, settings=("ddpm:2:1.5:noclip", "ddim:2:1")):
-        output = tmp_path / name / "results.json"
-        output.parent.mkdir()
-        args = evaluate_scorevae.parse_args(
-            ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
-             "--classifier", pretrained_path("fashion-mnist-classifier"), "--first_image", str(first),
-             "--num_images", str(count), "--batch_size", "4", "--settings", *settings, "--num_samples_per_code", "2",
-             "--output", str(output), "--device", "cpu", "--save_decodes"]
-        )  # fmt: skip
-        evaluate_scorevae.main(args)
-        return str(output)
+class FakeState:
+    """What `process_share` / `gather_in_order` read of accelerate's `PartialState`, for one process of several."""
 
-    whole = json.load(open(run("whole", 2, 12)))
-    parts = [run("a", 2, 4), run("b", 6, 8)]
-    saved = whole["scorevae"][pipeline]["ddpm:2:1.5:noclip"]["decodes"]
-    assert saved.endswith("-decodes.npy") and os.path.isfile(tmp_path / "whole" / saved)
-    monkeypatch.chdir(tmp_path / "a")  # decodes are found next to each JSON, wherever the merge runs
-    merged = merge_evaluations.merge(parts[::-1])
-    assert (merged["first_image"], merged["num_images"]) == (2, 12)
-    for key in ("l2", "psnr", "ssim", "sharpness", "class_kept", "fd", "kl"):
-        assert merged["beta_vae"][key] == pytest.approx(whole["beta_vae"][key], rel=1e-5), key
-    for setting, entry in whole["scorevae"][pipeline].items():
-        for key in ("l2", "psnr", "ssim", "sharpness", "class_kept", "fd", "kl", "model_evals", "l2_mean_of_k"):
-            assert merged["scorevae"][pipeline][setting][key] == pytest.approx(entry[key], rel=1e-5), (setting, key)
-    # the Fréchet distance is recomputed on all the images, not averaged over the slices
-    halves = [json.load(open(p))["scorevae"][pipeline]["ddim:2:1"]["fd"] for p in parts]
-    assert merged["scorevae"][pipeline]["ddim:2:1"]["fd"] != pytest.approx((halves[0] + 2 * halves[1]) / 3)
+    def __init__(self, index, num_processes):
+        self.process_index, self.num_processes = index, num_processes
+        self.is_main_process = index == 0
 
-    with pytest.raises(ValueError, match="not consecutive"):
-        merge_evaluations.merge([parts[0], run("c", 8, 4)])
-    with pytest.raises(ValueError, match="multiple of the batch size"):
-        merge_evaluations.merge([run("d", 2, 2), run("e", 4, 4)])
-    with pytest.raises(ValueError, match="different pipelines or settings"):
-        merge_evaluations.merge([parts[0], run("f", 6, 4, settings=("ddim:2:1",))])
+    def split_between_processes(self, items):
+        from contextlib import nullcontext
+
+        per, extra = divmod(len(items), self.num_processes)
+        start = self.process_index * per + min(self.process_index, extra)
+        return nullcontext(items[start : start + per + (self.process_index < extra)])
+
+
+@pytest.mark.parametrize("num_items, num_processes", [(7, 3), (2, 3), (6, 2), (5, 1)])
+def test_process_shares_cover_each_item_once(num_items, num_processes):
+    shares = [process_share(num_items, FakeState(i, num_processes)) for i in range(num_processes)]
+    assert [i for share in shares for i in share] == list(range(num_items))  # in order, no item twice, none left out
+
+
+def test_gather_in_order_single_process_and_order(monkeypatch):
+    part = torch.arange(6.0).reshape(2, 3)
+    assert gather_in_order(part, 0) is part and gather_in_order(part, 0, FakeState(0, 1)) is part
+    import accelerate.utils
+
+    # two processes' parts arrive in any order: the main process joins them by where they start
+    parts = [(3, torch.tensor([[3.0], [4.0]])), (0, torch.tensor([[0.0], [1.0], [2.0]]))]
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda objects: parts)
+    torch.testing.assert_close(gather_in_order(parts[1][1], 0, FakeState(0, 2)), torch.arange(5.0)[:, None])
+    assert gather_in_order(parts[0][1], 3, FakeState(1, 2)) is None
+
+
+def test_decode_settings_record_the_values_used():
+    pipe = make_pipe()
+    assert decode_call_kwargs(pipe, num_inference_steps=3, guidance_scale=None, guidance_log_snr_range=[1, 2]) == {
+        "num_inference_steps": 3,
+        "guidance_log_snr_range": (1, 2),
+    }
+    assert decode_call_kwargs(pipe, no_such_setting=None) == {}  # unset: left to the pipeline
+    if "realism" not in inspect.signature(ScoreVAEPipeline.__call__).parameters:
+        with pytest.raises(ValueError, match="realism"):
+            decode_call_kwargs(pipe, realism=0.5)
+    used = decode_settings(pipe, num_inference_steps=7, guidance_scale=None, clip_sample=None)
+    assert used["num_inference_steps"] == 7 and used["clip_sample"] is pipe.scheduler.config.clip_sample
+    saved = {"num_inference_steps": 50, "guidance_scale": 3.5, "guidance_log_snr_range": (-6.0, float("inf"))}
+
+    class SavedDefaults(type(pipe)):  # a pipeline whose decoding settings travel with the model
+        decode_defaults = saved
+
+    pipe.__class__ = SavedDefaults
+    used = decode_settings(pipe, num_inference_steps=None, guidance_scale=2.0, guidance_log_snr_range=None)
+    assert used == {"num_inference_steps": 50, "guidance_scale": 2.0, "guidance_log_snr_range": [-6.0, float("inf")]}
+
+
+def test_compare_takes_keyword_settings_and_models():
+    from diffusers_scorevae.evaluation import compare
+
+    scheduler = DDPMScheduler(num_train_timesteps=100)
+    pipe = ScoreVAEPipeline(unet=make_unet(1, 16), scheduler=scheduler, encoder=make_encoder(1, 16))
+    x = images(4, 16)  # SSIM's window is 11 pixels wide
+    torch.manual_seed(0)
+    classifier = FashionMNISTClassifier(sample_size=16, block_out_channels=(4, 8), feature_dim=4).eval()
+    scorevae, baseline, metrics = compare(
+        pipe, x, beta_vae=None, classifier=classifier, batch_size=3, num_inference_steps=2, guidance_scale=2.0,
+        seed=1, fd=True, progress=False, prior="tiny",
+    )  # fmt: skip
+    assert baseline is None and "beta_vae" not in metrics and scorevae.shape == x.shape
+    assert metrics["num_inference_steps"] == 2 and metrics["guidance_scale"] == 2.0 and metrics["num_processes"] == 1
+    assert {"l2", "fd", "kl", "class_kept"} <= set(metrics["scorevae"]) and metrics["prior"] == "tiny"
+    torch.testing.assert_close(scorevae, scorevae_reconstruct(pipe, x, 3, 2, 2.0, seed=1, progress=False))
