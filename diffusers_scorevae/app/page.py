@@ -10,10 +10,16 @@ the API. Every decode, the page's and the API's, waits in one queue and runs one
 Gradio is imported here only inside functions: importing the package does not need it.
 """
 
+import hashlib
+import io
 import logging
 import os
+import shutil
+import tempfile
 import threading
+import time
 import uuid
+import weakref
 
 import PIL.Image
 
@@ -41,6 +47,8 @@ API_NAMES = ("reconstruct", "interpolate", "sample", "swap_prior")
 DECODE_OPTIONS = {"concurrency_limit": 1, "concurrency_id": "decode", "show_progress": "full"}
 # the largest upload Gradio accepts (an image larger than `core.MAX_INPUT_PIXELS` is refused from its header anyway)
 MAX_FILE_SIZE = "32mb"
+# answered pictures and uploads are removed from the server an hour after they were made
+CACHE_SECONDS = 3600
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +118,53 @@ class _Models:
             return self._loaded[name]
 
 
+class _PNGs:
+    """The pictures the app answers, as PNG files named by their content, each written once (under a temporary name,
+    then renamed into place). Gradio saves a returned PIL image itself by rewriting its cached file, so two identical
+    answers (several clients sending the same image) could truncate a file that a client is still downloading; a file
+    handed over by path is copied into Gradio's cache the same careful way. Files older than `max_age` seconds go."""
+
+    def __init__(self, max_age: float = CACHE_SECONDS):
+        self.folder = tempfile.mkdtemp(prefix="scorevae-app-")
+        self.max_age = max_age
+        self._written = 0
+        self._lock = threading.Lock()
+        weakref.finalize(self, shutil.rmtree, self.folder, ignore_errors=True)
+
+    def __call__(self, pictures):
+        """A PIL image's file path, a list of them for a list, `None` for `None`."""
+        if pictures is None:
+            return None
+        if isinstance(pictures, (list, tuple)):
+            return [self(picture) for picture in pictures]
+        buffer = io.BytesIO()
+        pictures.save(buffer, "PNG")
+        data = buffer.getvalue()
+        path = os.path.join(self.folder, hashlib.sha256(data).hexdigest()[:40] + ".png")
+        if os.path.exists(path):
+            os.utime(path)
+            return path
+        partial = f"{path}.{uuid.uuid4().hex}.part"
+        with open(partial, "wb") as f:
+            f.write(data)
+        os.replace(partial, path)
+        with self._lock:
+            self._written += 1
+            prune = self._written % 100 == 0
+        if prune:
+            self.prune()
+        return path
+
+    def prune(self):
+        old = time.time() - self.max_age
+        for entry in os.scandir(self.folder):
+            try:
+                if entry.stat().st_mtime < old:
+                    os.remove(entry.path)
+            except OSError:
+                pass
+
+
 def _session(request) -> str | None:
     return None if request is None else request.session_hash
 
@@ -170,6 +225,7 @@ class _Page:
         self.gr = gr
         self.models = models
         self.stops = _Stops()
+        self.png = _PNGs()
         self.steps, self.guidance = num_inference_steps, guidance_scale  # the build's own values (None: saved)
         images, labels = core.bundled_test_images()
         self.thumbnails = [
@@ -229,7 +285,7 @@ class _Page:
         def picked(evt: gr.SelectData):
             picture, class_name = bundled_image(evt.index)
             note = f"bundled test image {evt.index} ({class_name})"
-            return ("bundled", evt.index), to_pil(to_tensor(picture))[0], note
+            return ("bundled", evt.index), self.png(to_pil(to_tensor(picture))[0]), note
 
         def uploaded(name: str, path: str | None):
             if path is None:
@@ -238,7 +294,7 @@ class _Page:
                 picture, change = core.prepare_image(path, self.models(name).pipe.image_shape)
             except ValueError as error:
                 return None, None, f"⚠️ {error}"
-            return ("file", path), to_pil(to_tensor(picture))[0], f"{os.path.basename(path)}: {change}"
+            return ("file", path), self.png(to_pil(to_tensor(picture))[0]), f"{os.path.basename(path)}: {change}"
 
         private = {"api_visibility": "private"}
         gallery.select(picked, None, [source, preview, note], concurrency_limit=None, **private)
@@ -353,7 +409,7 @@ def _reconstruct_tab(page: _Page, pipeline_choice):
 
     def pictures(result):
         beta = None if result.beta_vae is None else to_pil(result.beta_vae)[0]
-        return to_pil(result.original)[0], to_pil(result.reconstructions), beta
+        return page.png(to_pil(result.original)[0]), page.png(to_pil(result.reconstructions)), page.png(beta)
 
     def on_reconstruct(token, name, source, steps, guidance, decodes, seed, realism, request: gr.Request,
                        progress=gr.Progress()):  # fmt: skip
@@ -416,7 +472,7 @@ def _interpolate_tab(page: _Page, pipeline_choice):
         if error is not None:
             return None, f"⚠️ {error}"
         grid, note = result
-        return grid, f"Done (DDIM, no clipping). {note}."
+        return page.png(grid), f"Done (DDIM, no clipping). {note}."
 
     page.connect(
         go, stop, status, on_interpolate, [pipeline_choice, source_a, source_b, *settings], [strip_out, status]
@@ -434,7 +490,7 @@ def _interpolate_tab(page: _Page, pipeline_choice):
             )  # fmt: skip
 
         grid, note = page.api_call(fn, request)
-        return grid, f"{note}."
+        return page.png(grid), f"{note}."
 
     inputs = page.api_inputs(
         models.names[0], image_a=("file", None), image_b=("file", None), num_points=("int", 8),
@@ -459,7 +515,7 @@ def _sample_tab(page: _Page, pipeline_choice):
         result, error = _run(page.stops, fn, request, token)
         if error is not None:
             return None, f"⚠️ {error}"
-        return to_pil(result[0]), f"Done: {int(count)} codes from seed {int(seed)}."
+        return page.png(to_pil(result[0])), f"Done: {int(count)} codes from seed {int(seed)}."
 
     page.connect(go, stop, status, on_sample, [pipeline_choice, *settings], [samples_out, status])
 
@@ -473,7 +529,7 @@ def _sample_tab(page: _Page, pipeline_choice):
             return core.sample(chosen, num_images, num_inference_steps, guidance_scale, seed, progress, event)
 
         images, _ = page.api_call(fn, request)
-        return to_pil(images), f"{int(num_images)} codes z ~ N(0, I) from seed {int(seed)}."
+        return page.png(to_pil(images)), f"{int(num_images)} codes z ~ N(0, I) from seed {int(seed)}."
 
     inputs = page.api_inputs(
         models.names[0], num_images=("int", 8), num_inference_steps=("int", page.steps),
@@ -505,7 +561,7 @@ def _swap_prior_tab(page: _Page, pipeline_choice):
     def decode(name, prior, image, count, steps, guidance, seed, progress, event):
         chosen = models(name)
         rows, note = core.swap_prior(chosen, prior, image, count, steps, guidance, seed, progress, event)
-        return to_pil(rows[chosen.name]), to_pil(rows[prior]), note
+        return page.png(to_pil(rows[chosen.name])), page.png(to_pil(rows[prior])), note
 
     def on_swap(token, name, prior, source, steps, guidance, count, seed, request: gr.Request,
                 progress=gr.Progress()):  # fmt: skip
@@ -580,7 +636,7 @@ def build_demo(
     first = page.models(None)
     initial = page.initial()
 
-    with gr.Blocks(title="ScoreVAE", analytics_enabled=False) as demo:
+    with gr.Blocks(title="ScoreVAE", analytics_enabled=False, delete_cache=(CACHE_SECONDS, CACHE_SECONDS)) as demo:
         gr.Markdown(
             "# ScoreVAE: a VAE whose decoder is a diffusion model\n"
             "An encoder q(z | x_t, t) trained against a frozen unconditional diffusion prior; decoding samples the "
