@@ -1,10 +1,10 @@
-"""Take the README's picture of the demo page (docs/app.png) in headless Chromium, with the shipped decode settings.
+"""Take the README's picture of the demo page (docs/app.png) in headless Chromium, at the pipeline's saved settings.
 
     python scripts/app_screenshot.py                       # -> docs/app.png
     python scripts/app_screenshot.py --num-decodes 4 --image 0 --output docs/app.png
 
-Starts `scorevae app`'s page on 127.0.0.1 (the bundled pipeline, `cli.DEFAULT_*` settings), clicks a bundled test
-image, sets the decodes per code, presses Reconstruct, waits for the result and saves a screenshot. Needs Debian's
+Starts `scorevae app`'s page on 127.0.0.1 (the bundled pipeline at the decode settings saved with it), clicks a bundled
+test image, sets the decodes per code, presses Reconstruct, waits for the result and saves a screenshot. Needs Debian's
 chromium and chromium-driver (`apt-get install -y chromium chromium-driver`) and selenium (the test extra).
 """
 

@@ -168,8 +168,9 @@ def test_page_sliders_start_at_the_pipelines_saved_settings(models, saved):
     assert values["reconstruct-realism"] == saved["realism"]
     guidance = [b.value for b in demo.blocks.values() if getattr(b, "label", None) == "γ (guidance scale)"]
     assert guidance == [1.5] * 4
-    tabs = [b.label for b in demo.blocks.values() if type(b).__name__ == "Tab"]
-    assert tabs == ["Reconstruct", "Interpolate", "Sample", "Swap prior"]
+    tabs = [b for b in demo.blocks.values() if type(b).__name__ == "Tab"]
+    assert [tab.label for tab in tabs] == ["Reconstruct", "Interpolate", "Sample", "Swap prior"]
+    assert len({id(tab.parent) for tab in tabs}) == 1 and type(tabs[0].parent).__name__ == "Tabs"  # one row of tabs
     # the four decodes share one queue slot (one decode at a time; the rest wait), and each has a Stop
     # (the page's and the API's: the queue shows each its place)
     decodes = [

@@ -270,3 +270,15 @@ def test_bad_files_through_the_reconstruct_endpoint(client, bad_files, images):
         handle_file(images[0]), num_inference_steps=STEPS, api_name="/reconstruct"
     )
     assert note == "Input: used as is." and _finite_numbers(metrics["scorevae"])
+
+
+def test_bad_files_through_the_pages_upload_box(bad_files, models):
+    demo = app.build_demo(models=models)
+    uploaded = next(fn.fn for fn in demo.fns.values() if fn.name == "uploaded")
+    for name, (path, kind, text) in bad_files.items():
+        source, preview, note = uploaded("fashion-mnist", path)
+        assert text in note and os.path.basename(path) in note, (name, note)
+        if kind == "error":
+            assert source is None and preview is None and note.startswith("⚠️ "), name
+        else:
+            assert source == ("file", path) and _picture(preview).shape == (SIDE, SIDE), name

@@ -233,6 +233,7 @@ class _Page:
             for i, (image, label) in enumerate(zip(images, labels))
         ]
         self.sliders = {"steps": [], "guidance": [], "realism": []}
+        self.endpoints = []
 
     def initial(self, name: str | None = None) -> dict:
         """The sliders' values for pipeline `name`: the build's, else the pipeline's saved ones."""
@@ -323,7 +324,7 @@ class _Page:
             if realism:
                 slider = gr.Slider(
                     0, 1, value=initial["realism"], step=0.05, label="realism", elem_id=f"{tab}-realism",
-                    info="1: a posterior sample from noise; 0: the mean estimate (pipelines that take it)",
+                    info="1: a sample from noise; 0: the mean estimate",
                 )  # fmt: skip
                 self.sliders["realism"].append(slider)
                 sliders.append(slider)
@@ -354,10 +355,18 @@ class _Page:
         )
         stop.click(request_stop, None, status, queue=False, api_visibility="private")
 
-    def endpoint(self, fn, api_name: str, inputs, outputs):
-        """A named API endpoint on a hidden trigger: it takes `inputs`' values and answers `outputs`' in one call."""
-        trigger = self.gr.Button(visible=False, elem_id=f"api-{api_name}")
-        trigger.click(fn, inputs, outputs, api_name=api_name, api_visibility="public", **DECODE_OPTIONS)
+    def endpoint(self, fn, api_name: str, settings: dict, outputs):
+        """Register a named API endpoint: `fn` takes `settings`' values (name -> (kind, default), see
+        [`api_inputs`]) and answers `outputs`' in one call. They are built by [`render_endpoints`], after the tabs."""
+        self.endpoints.append((fn, api_name, settings, outputs))
+
+    def render_endpoints(self):
+        """Each registered endpoint on a hidden trigger, with hidden input components (outside the tabs, so that the
+        tabs stay one row of tabs)."""
+        for fn, api_name, settings, outputs in self.endpoints:
+            inputs = self.api_inputs(**settings)
+            trigger = self.gr.Button(visible=False, elem_id=f"api-{api_name}")
+            trigger.click(fn, inputs, outputs, api_name=api_name, api_visibility="public", **DECODE_OPTIONS)
 
     def api_call(self, fn, request):
         """Run `fn(stop_event)` for an API call; a bad input or setting raises `gr.Error` with its message."""
@@ -366,7 +375,7 @@ class _Page:
             raise self.gr.Error(error, print_exception=False)
         return result
 
-    def api_inputs(self, default_pipeline: str, **settings):
+    def api_inputs(self, **settings):
         """Hidden input components of an API endpoint: settings default to `None` (the model's saved value) unless
         the page was built with its own, then `pipeline`."""
         gr = self.gr
@@ -380,7 +389,7 @@ class _Page:
                 components.append(gr.Number(value=value, visible=False, label=name))
             else:
                 components.append(gr.Textbox(value=value, visible=False, label=name))
-        components.append(gr.Textbox(value=default_pipeline, visible=False, label="pipeline"))
+        components.append(gr.Textbox(value=self.models.names[0], visible=False, label="pipeline"))
         return components
 
 
@@ -444,11 +453,11 @@ def _reconstruct_tab(page: _Page, pipeline_choice):
         result = page.api_call(fn, request)
         return (*pictures(result), result.metrics, f"Input: {result.note}.")
 
-    inputs = page.api_inputs(
-        models.names[0], image=("file", None), num_inference_steps=("int", page.steps),
+    api = dict(
+        image=("file", None), num_inference_steps=("int", page.steps),
         guidance_scale=("float", page.guidance), num_decodes=("int", 1), seed=("int", 0), realism=("float", None),
     )  # fmt: skip
-    page.endpoint(reconstruct, "reconstruct", inputs, [original_out, decodes_out, beta_out, metrics_json, status])
+    page.endpoint(reconstruct, "reconstruct", api, [original_out, decodes_out, beta_out, metrics_json, status])
 
 
 def _interpolate_tab(page: _Page, pipeline_choice):
@@ -492,11 +501,11 @@ def _interpolate_tab(page: _Page, pipeline_choice):
         grid, note = page.api_call(fn, request)
         return page.png(grid), f"{note}."
 
-    inputs = page.api_inputs(
-        models.names[0], image_a=("file", None), image_b=("file", None), num_points=("int", 8),
+    api = dict(
+        image_a=("file", None), image_b=("file", None), num_points=("int", 8),
         num_inference_steps=("int", page.steps), guidance_scale=("float", page.guidance), seed=("int", 0),
     )  # fmt: skip
-    page.endpoint(interpolate, "interpolate", inputs, [strip_out, status])
+    page.endpoint(interpolate, "interpolate", api, [strip_out, status])
 
 
 def _sample_tab(page: _Page, pipeline_choice):
@@ -531,11 +540,11 @@ def _sample_tab(page: _Page, pipeline_choice):
         images, _ = page.api_call(fn, request)
         return page.png(to_pil(images)), f"{int(num_images)} codes z ~ N(0, I) from seed {int(seed)}."
 
-    inputs = page.api_inputs(
-        models.names[0], num_images=("int", 8), num_inference_steps=("int", page.steps),
+    api = dict(
+        num_images=("int", 8), num_inference_steps=("int", page.steps),
         guidance_scale=("float", page.guidance), seed=("int", 0),
     )  # fmt: skip
-    page.endpoint(sample, "sample", inputs, [samples_out, status])
+    page.endpoint(sample, "sample", api, [samples_out, status])
 
 
 def _swap_prior_tab(page: _Page, pipeline_choice):
@@ -594,11 +603,11 @@ def _swap_prior_tab(page: _Page, pipeline_choice):
         own, other, note = page.api_call(fn, request)
         return own, other, f"{note}."
 
-    inputs = page.api_inputs(
-        models.names[0], image=("file", None), prior=("text", priors[0] if priors else None), num_codes=("int", 4),
+    api = dict(
+        image=("file", None), prior=("text", priors[0] if priors else None), num_codes=("int", 4),
         num_inference_steps=("int", page.steps), guidance_scale=("float", page.guidance), seed=("int", 0),
     )  # fmt: skip
-    page.endpoint(swap_prior, "swap_prior", inputs, [own_out, other_out, status])
+    page.endpoint(swap_prior, "swap_prior", api, [own_out, other_out, status])
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -651,10 +660,12 @@ def build_demo(
         pipeline_choice = gr.Dropdown(
             names, value=names[0], label="pipeline", interactive=len(names) > 1, elem_id="pipeline"
         )
-        _reconstruct_tab(page, pipeline_choice)
-        _interpolate_tab(page, pipeline_choice)
-        _sample_tab(page, pipeline_choice)
-        _swap_prior_tab(page, pipeline_choice)
+        with gr.Tabs():
+            _reconstruct_tab(page, pipeline_choice)
+            _interpolate_tab(page, pipeline_choice)
+            _sample_tab(page, pipeline_choice)
+            _swap_prior_tab(page, pipeline_choice)
+        page.render_endpoints()
 
         def on_pipeline(name):
             """The sliders show the chosen pipeline's saved settings (it is loaded now, if it was not)."""
