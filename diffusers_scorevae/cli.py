@@ -376,7 +376,7 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad arguments; files that are missing, damaged or not in the cache
         print(f"scorevae {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0

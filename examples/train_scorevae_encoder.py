@@ -60,6 +60,9 @@ CHECKPOINT_PATTERN = re.compile(r"^checkpoint-(\d+)$")
 # each checkpoint records what it was trained for (objective, teacher and the sha256 of the teacher's weights), so that
 # a resume that would silently change the objective (e.g. a teacher path that now holds other weights) is refused
 RUN_RECORD = "training_run.json"
+# the sha256 of every file of a checkpoint, written last: a resume verifies them before loading anything, so that a
+# checkpoint damaged after it was written (truncated by a full disk, a partial copy, bit rot) is an error naming it
+CHECKSUMS = "checksums.json"
 OBJECTIVES = ("score", "posterior")
 LOG_KEYS = {
     "score": ("loss", "score_loss", "prior_loss", "kl"),
@@ -401,6 +404,72 @@ def check_resume(path: str, record: dict):
         )
 
 
+class DamagedCheckpointError(RuntimeError):
+    """A checkpoint whose files changed after they were written, or that cannot be loaded."""
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_files(path: str) -> list[str]:
+    """Every file of the checkpoint folder `path` (but the checksums), `/`-separated, sorted."""
+    files = []
+    for folder, _, names in os.walk(path):
+        files += [os.path.relpath(os.path.join(folder, n), path).replace(os.sep, "/") for n in names]
+    return sorted(f for f in files if f != CHECKSUMS)
+
+
+def write_checksums(path: str):
+    """Record the sha256 of every file of the checkpoint at `path` in `path/checksums.json`."""
+    with open(os.path.join(path, CHECKSUMS), "w") as f:
+        json.dump({name: file_sha256(os.path.join(path, name)) for name in checkpoint_files(path)}, f, indent=2)
+
+
+def damaged_checkpoint(path: str, problem: str, output_dir: str | None = None) -> DamagedCheckpointError:
+    """The error for checkpoint `path`: what is wrong, and what to do (the checkpoint before it, or deleting it)."""
+    earlier = []
+    if output_dir is not None:
+        name = os.path.basename(os.path.normpath(path))
+        earlier = [c for c in list_checkpoints(output_dir) if c != name]
+        match = CHECKPOINT_PATTERN.match(name)
+        if match:
+            earlier = [c for c in earlier if int(CHECKPOINT_PATTERN.match(c).group(1)) < int(match.group(1))]
+    if earlier:
+        advice = (
+            f"resume from the checkpoint before it with --resume_from_checkpoint "
+            f"{os.path.join(output_dir, earlier[-1])}, or delete {path} and resume from 'latest' again"
+        )
+    else:
+        advice = f"delete {path} to start the run anew (no earlier checkpoint is left)"
+    return DamagedCheckpointError(f"The checkpoint {path} is damaged: {problem}. Nothing was loaded; {advice}.")
+
+
+def verify_checkpoint(path: str, output_dir: str | None = None):
+    """Raise a [`DamagedCheckpointError`] when a file of the checkpoint at `path` is missing or differs from the
+    checksum recorded when it was written; a checkpoint without checksums (older runs) is not checked."""
+    file = os.path.join(path, CHECKSUMS)
+    if not os.path.isfile(file):
+        logger.warning(f"{path} has no {CHECKSUMS} (an older run): its files are not verified.")
+        return
+    try:
+        with open(file) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError) as error:
+        raise damaged_checkpoint(path, f"its {CHECKSUMS} cannot be read ({error})", output_dir) from error
+    for name, expected in sorted(recorded.items()):
+        full = os.path.join(path, name)
+        if not os.path.isfile(full):
+            raise damaged_checkpoint(path, f"{name} is missing", output_dir)
+        if file_sha256(full) != expected:
+            size = os.path.getsize(full)
+            raise damaged_checkpoint(path, f"{name} ({size} bytes) is not the file that was written", output_dir)
+
+
 def check_teacher_matches_unet(teacher, unet, path: str):
     """Raise a `ValueError` unless the teacher reads the UNet's samples (with a latent prior: its latents, e.g. a β-VAE
     trained with `train_beta_vae.py --vae`), `(in_channels, sample_size)` equal."""
@@ -730,8 +799,13 @@ def main(args):
             logger.info("No checkpoint found in --output_dir; starting a new training run.")
         else:
             logger.info(f"Resuming from {path}")
+            verify_checkpoint(path, args.output_dir)
             check_resume(path, run_record)
-            accelerator.load_state(path)
+            try:
+                accelerator.load_state(path)
+            except Exception as error:  # a file that passed no checksum (older runs) and does not load
+                raise damaged_checkpoint(path, f"loading it failed ({type(error).__name__}: {error})",
+                                         args.output_dir) from error  # fmt: skip
             global_step = int(CHECKPOINT_PATTERN.match(os.path.basename(os.path.normpath(path))).group(1))
             first_epoch = global_step // num_update_steps_per_epoch
             resume_batches = (global_step % num_update_steps_per_epoch) * args.gradient_accumulation_steps
@@ -753,6 +827,7 @@ def main(args):
         if accelerator.is_main_process:
             with open(os.path.join(tmp, RUN_RECORD), "w") as f:
                 json.dump(run_record, f, indent=2)
+            write_checksums(tmp)  # last: every file of the checkpoint as written
             if os.path.exists(final):
                 shutil.rmtree(final)
             os.rename(tmp, final)

@@ -179,7 +179,7 @@ def test_pipeline_variant_and_dtype(offline_hub):
     assert pipe.unet.dtype == pipe.encoder.dtype == torch.float16
     for name in ("unet", "encoder"):
         assert same_weights(getattr(pipe, name), getattr(offline_hub.pipe_fp16, name), dtype=torch.float16)
-    with pytest.raises(ValueError, match="variant='bf16'"):
+    with pytest.raises(ValueError, match="You are trying to load the model files of the `variant=bf16`, but no such"):
         ScoreVAEPipeline.from_pretrained("org/scorevae-fp16", variant="bf16")
 
 

@@ -230,3 +230,41 @@ def test_clear_errors_before_training(prior_and_images, tmp_path, extra, match):
     result = run_script(base_args(prior_and_images, tmp_path / "err", 2, *extra))
     assert result.returncode != 0
     assert match in result.stderr
+
+
+def test_resume_latest_refuses_a_checkpoint_damaged_after_it_was_written(prior_and_images, tmp_path):
+    """`--resume_from_checkpoint latest` over a checkpoint whose file changed after it was written (truncated, or a
+    byte flipped: it would still load, with other weights) is an error naming it and the checkpoint before it; it
+    never starts from scratch. Without checksums (older runs) a file that does not load is the same error."""
+    out = tmp_path / "run"
+
+    def run(steps):
+        args = base_args(prior_and_images, out, steps, "--checkpointing_steps", "2")
+        return run_script(args + ["--resume_from_checkpoint", "latest"])
+
+    result = run(4)
+    assert result.returncode == 0, result.stderr[-3000:]
+    checksums = json.load(open(out / "checkpoint-4" / "checksums.json"))
+    assert "encoder/diffusion_pytorch_model.safetensors" in checksums and "training_run.json" in checksums
+    weights = out / "checkpoint-4" / "encoder" / "diffusion_pytorch_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte, same size
+    weights.write_bytes(bytes(data))
+    result = run(6)
+    assert result.returncode != 0
+    assert f"The checkpoint {out / 'checkpoint-4'} is damaged" in result.stderr
+    assert "encoder/diffusion_pytorch_model.safetensors" in result.stderr
+    assert f"--resume_from_checkpoint {out / 'checkpoint-2'}" in result.stderr  # the one before it
+    assert not os.path.exists(out / "checkpoint-6") and "Training:" not in result.stderr  # nothing trained
+
+    weights.write_bytes(bytes(data[: len(data) // 2]))  # truncated, and no checksums to tell
+    os.remove(out / "checkpoint-4" / "checksums.json")
+    result = run(6)
+    assert result.returncode != 0 and "loading it failed" in result.stderr, result.stderr[-3000:]
+    assert str(out / "checkpoint-4") in result.stderr and not os.path.exists(out / "checkpoint-6")
+
+    import shutil
+
+    shutil.rmtree(out / "checkpoint-2")  # the only checkpoint, damaged: delete it
+    result = run(6)
+    assert result.returncode != 0 and f"delete {out / 'checkpoint-4'}" in result.stderr

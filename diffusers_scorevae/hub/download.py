@@ -15,7 +15,8 @@ from pathlib import Path
 import diffusers
 from diffusers import UNet2DModel
 from diffusers.utils import logging
-from huggingface_hub import HfApi, hf_hub_download, snapshot_download
+from huggingface_hub import HfApi, constants, hf_hub_download, snapshot_download
+from huggingface_hub.errors import LocalEntryNotFoundError
 
 try:  # recent huggingface_hub: the file listing that an earlier `snapshot_download` cached
     from huggingface_hub import get_cached_repo_tree
@@ -115,8 +116,10 @@ def select_pipeline_files(
         else:  # a scheduler (or any component without weights): all its files
             selected |= {f for f in files if f.startswith(component + "/")} if folder else _root_json(files)
     if variant is not None and not any(m["variant"] == variant for w in weights.values() for m in w.values()):
+        # diffusers' own error (`DiffusionPipeline.from_pretrained`), word for word, then what to do
         raise ValueError(
-            f"variant={variant!r}, but no component of {name} has `{variant}` weights (files like "
+            f"You are trying to load the model files of the `variant={variant}`, but no such modeling files are "
+            f"available. No component of {name} has `{variant}` weights (files like "
             f"`diffusion_pytorch_model.{variant}.safetensors`); leave `variant` unset to load the plain weights."
         )
 
@@ -172,9 +175,12 @@ def download_pipeline(
     """
     local_files_only = bool(local_files_only)
     download_kwargs = {"cache_dir": cache_dir, "local_files_only": local_files_only, "token": token}
-    index_file = hf_hub_download(
-        repo_id, "model_index.json", revision=revision, force_download=force_download, **download_kwargs
-    )
+    try:
+        index_file = hf_hub_download(
+            repo_id, "model_index.json", revision=revision, force_download=force_download, **download_kwargs
+        )
+    except LocalEntryNotFoundError as error:
+        raise not_in_cache(repo_id, "model_index.json", cache_dir, local_files_only, revision) from error
     snapshot_folder = Path(index_file).parent
     # every later file comes from the commit this model_index.json came from
     commit = snapshot_folder.name if _COMMIT_RE.match(snapshot_folder.name) else revision
@@ -192,9 +198,70 @@ def download_pipeline(
         name=repo_id,
         optional_components=optional_components,
     )
-    return snapshot_download(
-        repo_id, revision=commit, allow_patterns=allow_patterns, force_download=force_download, **download_kwargs
+    try:
+        folder = snapshot_download(
+            repo_id, revision=commit, allow_patterns=allow_patterns, force_download=force_download, **download_kwargs
+        )
+    except LocalEntryNotFoundError as error:  # a snapshot that holds some files (model_index.json), not all
+        missing = [f for f in allow_patterns if not (snapshot_folder / f).is_file()] or ["some of its files"]
+        raise not_in_cache(repo_id, ", ".join(missing), cache_dir, local_files_only, revision) from error
+    missing = [f for f in allow_patterns if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        raise not_in_cache(repo_id, ", ".join(missing), cache_dir, local_files_only, revision)
+    return folder
+
+
+def not_in_cache(repo_id, what, cache_dir, local_files_only, revision=None) -> LocalEntryNotFoundError:
+    """The error for a repo (or some of its files) that is not in the cache while the Hub cannot be asked: which repo,
+    which cache, why the Hub was not asked, and what to do."""
+    cache = cache_dir or constants.HF_HUB_CACHE
+    if constants.HF_HUB_OFFLINE:
+        why = "HF_HUB_OFFLINE=1 keeps the Hub out of reach"
+    elif local_files_only:
+        why = "`local_files_only=True` keeps the Hub out of reach"
+    else:
+        why = "the Hub could not be reached"
+    at = f" at revision {revision!r}" if revision else ""
+    return LocalEntryNotFoundError(
+        f"{repo_id}{at} is not in the Hugging Face cache {cache} ({what} missing), and {why}. Download it once where "
+        f"the Hub is reachable (e.g. `hf download {repo_id}`, or loading it online) into this cache; or point "
+        f"HF_HUB_CACHE (or `cache_dir=`) at a cache that holds it; or pass the path of a local copy. If "
+        f"{repo_id!r} was meant as a local folder: there is no such folder."
     )
+
+
+def check_safetensors_file(path: str | os.PathLike) -> str | None:
+    """What is wrong with the safetensors file at `path` (truncated, extra bytes, a header that is not one), or `None`
+    when its header is whole and its tensors end exactly at the end of the file. Reads the header only."""
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"it is {size} bytes long, too short for a safetensors header"
+        length = int.from_bytes(head, "little")
+        if length > size - 8:
+            return f"its header declares {length} bytes but the file has {size} bytes (it is truncated)"
+        try:
+            header = json.loads(f.read(length))
+            end = max((entry["data_offsets"][1] for key, entry in header.items() if key != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError, UnicodeDecodeError):
+            return "its header is not a safetensors header"
+    expected = 8 + length + end
+    if expected != size:
+        kind = "it is truncated" if size < expected else "it has extra bytes"
+        return f"its tensors need {expected} bytes but the file has {size} ({kind})"
+    return None
+
+
+def check_weights_files(folder: str | os.PathLike, files, advice: str):
+    """Raise an `OSError` naming the first safetensors file among `files` (paths relative to `folder`) that
+    [`check_safetensors_file`] finds damaged, with `advice` on what to do."""
+    for name in files:
+        path = os.path.join(folder, name)
+        if name.endswith(".safetensors") and os.path.isfile(path):
+            problem = check_safetensors_file(path)
+            if problem is not None:
+                raise OSError(f"The weights file {path} is damaged: {problem}. {advice}")
 
 
 def _list_repo_files(repo_id, revision, snapshot_folder: Path, cache_dir, local_files_only, token) -> list[str]:

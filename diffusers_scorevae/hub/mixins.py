@@ -8,7 +8,13 @@ import json
 import os
 import tempfile
 
-from .download import download_pipeline, list_folder_files, load_autoencoder_component, select_pipeline_files
+from .download import (
+    check_weights_files,
+    download_pipeline,
+    list_folder_files,
+    load_autoencoder_component,
+    select_pipeline_files,
+)
 from .upload import check_safe_serialization, upload_with_model_card
 
 _CARD_KEYS = ("metrics", "training", "datasets", "license")
@@ -116,6 +122,36 @@ class ScoreVAEHubMixin:
             )
 
 
+def _no_model_index(folder: str) -> str:
+    """Why a folder without `model_index.json` does not load as a pipeline, and what to load instead."""
+    message = f"{folder} has no model_index.json, so it is not a saved pipeline."
+    config = os.path.join(folder, "config.json")
+    class_name = None
+    if os.path.isfile(config):
+        try:
+            with open(config, encoding="utf-8") as f:
+                class_name = json.load(f).get("_class_name")
+        except (OSError, ValueError):
+            pass
+    if class_name == "ScoreVAEEncoder":
+        return (
+            f"{message} It holds a ScoreVAEEncoder: load it with `ScoreVAEEncoder.from_pretrained({folder!r})` and "
+            "pass it beside a prior: `ScoreVAEPipeline.from_pretrained(PRIOR, encoder=encoder)`."
+        )
+    if class_name is not None:
+        return f"{message} It holds one model ({class_name}, its config.json); load it with its own class."
+    if os.path.isdir(os.path.join(folder, "encoder")) and not os.path.isdir(os.path.join(folder, "unet")):
+        return (
+            f"{message} It has an encoder/ but no prior (a training checkpoint?): load the pipeline folder the run "
+            "wrote (its --output_dir, which holds model_index.json), or the encoder with "
+            f"`ScoreVAEEncoder.from_pretrained({folder!r}, subfolder='encoder')` beside a prior."
+        )
+    return (
+        f"{message} Pass the folder that holds model_index.json beside unet/, scheduler/ and encoder/ (as "
+        "`pipe.save_pretrained(folder)` writes it), or a Hub repo id."
+    )
+
+
 class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
     """
     [`ScoreVAEHubMixin`] plus pipeline loading by repo id: [`~ScoreVAEPipelineHubMixin.download`] replaces diffusers'
@@ -168,31 +204,50 @@ class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
             )
         folder = str(pretrained_model_name_or_path)
         repo_id = None
-        if not os.path.isdir(folder):  # a repo id: fetch what loading needs (`download`), then load the snapshot
+        if not os.path.isdir(folder):
+            if os.path.isabs(folder) or folder.startswith(".") or folder.count("/") > 1:
+                raise FileNotFoundError(f"{folder} is not a folder (nor a Hub repo id, which reads `org/name`).")
+            # a repo id: fetch what loading needs (`download`), then load the snapshot
             repo_id, folder = folder, cls.download(folder, **kwargs)
         index_path = os.path.join(folder, "model_index.json")
-        model_index = {}
-        if os.path.isfile(index_path):
-            with open(index_path, encoding="utf-8") as f:
-                model_index = json.load(f)
-            required, optional, passed = cls._component_names(kwargs)
-            select_pipeline_files(
-                list_folder_files(folder),
-                model_index,
-                required_components=required,
-                passed_components=passed,
-                variant=kwargs.get("variant"),
-                use_safetensors=kwargs.get("use_safetensors"),
-                name=repo_id or folder,
-                optional_components=optional,
+        if not os.path.isfile(index_path):
+            raise FileNotFoundError(_no_model_index(folder))
+        with open(index_path, encoding="utf-8") as f:
+            model_index = json.load(f)
+        required, optional, passed = cls._component_names(kwargs)
+        files = select_pipeline_files(
+            list_folder_files(folder),
+            model_index,
+            required_components=required,
+            passed_components=passed,
+            variant=kwargs.get("variant"),
+            use_safetensors=kwargs.get("use_safetensors"),
+            name=repo_id or folder,
+            optional_components=optional,
+        )
+        if repo_id is not None:
+            advice = (
+                f"It is in the Hugging Face cache as part of {repo_id}: download it again with "
+                f"`{cls.__name__}.from_pretrained({repo_id!r}, force_download=True)` (with the Hub reachable)."
             )
+        else:
+            advice = (
+                f"Copy the pipeline folder {folder} again from where it came from, or save the pipeline again "
+                "(`pipe.save_pretrained(folder)`)."
+            )
+        check_weights_files(folder, files, advice)
         # a component the repo names differently (LDMPipeline's `vqvae`): load it here, pass it as the pipeline's
         for alias, target in cls._component_aliases.items():
             entry, own = model_index.get(alias), model_index.get(target)
             has = lambda e: isinstance(e, (list, tuple)) and e and e[0] is not None  # noqa: E731
             if has(entry) and not has(own) and target not in kwargs:
                 kwargs[target] = load_autoencoder_component(folder, alias, model_index=model_index, **kwargs)
-        pipe = super().from_pretrained(folder, **kwargs)
+        try:
+            pipe = super().from_pretrained(folder, **kwargs)
+        except OSError as error:  # e.g. `.bin` weights that torch cannot read: diffusers names the file
+            if "Unable to load weights" not in str(error):
+                raise
+            raise OSError(f"{error.args[0].strip() if error.args else error} The file is damaged. {advice}") from error
         if repo_id is not None:  # as diffusers records it for a repo id
             pipe.register_to_config(_name_or_path=repo_id)
         return pipe
