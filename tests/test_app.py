@@ -36,7 +36,7 @@ def saved(models, monkeypatch):
     """The pipeline's saved decode settings, with `STEPS` steps and γ 1.5 saved (patched on the pipeline's class: the
     pipeline and the app both read them from `decode_defaults`)."""
     values = dict(app.decode_defaults(models.pipe), num_inference_steps=STEPS, guidance_scale=1.5)
-    monkeypatch.setattr(type(models.pipe), "decode_defaults", property(lambda self: dict(values)), raising=False)
+    monkeypatch.setattr(type(models.pipe), "decode_defaults", property(lambda self: dict(values)))
     return values
 
 

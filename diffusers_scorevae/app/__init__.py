@@ -15,7 +15,6 @@ Decoding settings travel with the model: a setting left `None` decodes with the 
 
 from .core import (
     DISPLAY_SCALE,
-    FALLBACK_DECODE_DEFAULTS,
     FASHION_MNIST_SHAPE,
     MAX_DECODES,
     MAX_GUIDANCE,
@@ -50,7 +49,6 @@ from .page import API_NAMES, GRADIO_MISSING, build_demo, launch, require_gradio
 __all__ = [
     "API_NAMES",
     "DISPLAY_SCALE",
-    "FALLBACK_DECODE_DEFAULTS",
     "FASHION_MNIST_SHAPE",
     "GRADIO_MISSING",
     "MAX_DECODES",

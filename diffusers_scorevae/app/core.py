@@ -36,14 +36,6 @@ MAX_IMAGES = 16
 MAX_INPUT_PIXELS = 16_000_000
 # how many times the page enlarges the model's images (nearest neighbour, so pixels stay visible)
 DISPLAY_SCALE = 8
-# what a pipeline decodes with when it does not save its own settings (`decode_defaults`)
-FALLBACK_DECODE_DEFAULTS = {
-    "num_inference_steps": 50,
-    "guidance_scale": 3.5,
-    "guidance_log_snr_range": (-6.0, float("inf")),
-    "inversion_log_snr_range": (2.0, float("inf")),
-    "realism": None,
-}
 
 
 class DecodeStopped(Exception):
@@ -318,31 +310,14 @@ class DemoModels:
     def prior_pipeline(self, prior: str):
         """The pipeline's encoder beside the bundled prior `prior` (loaded once, then cached)."""
         if prior not in self.priors:
-            self.priors[prior] = load_pipeline(
-                self.name, prior, self.scheduler, self.device, clip_sample=_clip_sample(self.pipe)
-            )
+            self.priors[prior] = load_pipeline(self.name, prior, self.scheduler, self.device)
         return self.priors[prior]
 
 
-def _saves_defaults(pipe) -> bool:
-    """Whether the pipeline reads `None` settings as the values saved with the model (`decode_defaults`)."""
-    return getattr(type(pipe), "decode_defaults", None) is not None
-
-
-def _clip_sample(pipe_or_class) -> bool | None:
-    """`load_pipeline`'s `clip_sample`: `None` (the pipeline's own rule: guided decodes do not clip) where the pipeline
-    saves its settings, else `False` (what those settings were chosen with)."""
-    cls = pipe_or_class if isinstance(pipe_or_class, type) else type(pipe_or_class)
-    return None if getattr(cls, "decode_defaults", None) is not None else False
-
-
 def decode_defaults(pipe) -> dict:
-    """What a decode uses for each setting left `None`: `pipe.decode_defaults` (the settings saved with the model),
-    completed by `FALLBACK_DECODE_DEFAULTS` for a pipeline that does not save them."""
-    saved = getattr(pipe, "decode_defaults", None) if _saves_defaults(pipe) else None
-    defaults = dict(FALLBACK_DECODE_DEFAULTS)
-    defaults.update(saved or {})
-    return defaults
+    """What a decode uses for each setting left `None`: the settings saved with the model (`pipe.decode_defaults`:
+    `num_inference_steps`, `guidance_scale`, `guidance_log_snr_range`, `inversion_log_snr_range`, `realism`)."""
+    return dict(pipe.decode_defaults)
 
 
 def load_models(
@@ -355,10 +330,9 @@ def load_models(
     [`reconstruct`]).
     """
     from ..models import BetaVAE, FashionMNISTClassifier
-    from ..pipelines import ScoreVAEPipeline
 
     device = default_device(device)
-    pipe = load_pipeline(pipeline, None, scheduler, device, clip_sample=_clip_sample(ScoreVAEPipeline))
+    pipe = load_pipeline(pipeline, None, scheduler, device)
     models = DemoModels(pipe=pipe, name=pipeline, scheduler=scheduler, device=device)
     channels, *shape = pipe.image_shape
     shape = tuple(shape)
@@ -417,14 +391,9 @@ def step_callback(
 def decode_kwargs(pipe, num_inference_steps=None, guidance_scale=None, realism=None) -> dict:
     r"""
     The pipeline call's decoding settings: each as given, `None` left to the pipeline (the value saved with the model).
-    A pipeline that does not save its settings gets `FALLBACK_DECODE_DEFAULTS` spelled out instead. `realism` is
-    passed only when set; a pipeline that does not take it is a `ValueError` that says so.
+    `realism` is passed only when set; a pipeline whose `__call__` does not take it is a `ValueError` that says so.
     """
     kwargs = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale}
-    if not _saves_defaults(pipe):
-        defaults = decode_defaults(pipe)
-        kwargs = {key: defaults[key] if value is None else value for key, value in kwargs.items()}
-        kwargs["guidance_log_snr_range"] = defaults["guidance_log_snr_range"]
     kwargs = {key: value for key, value in kwargs.items() if value is not None}
     if "num_inference_steps" in kwargs:
         kwargs["num_inference_steps"] = int(kwargs["num_inference_steps"])
