@@ -48,8 +48,8 @@ from diffusers import UNet2DModel
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.loading import SCHEDULERS, default_device, load_pipeline, scheduler_class
-from diffusers_scorevae.noise import scheduler_log_snr
-from diffusers_scorevae.pipelines.pipeline_scorevae import guided_log_snr
+from diffusers_scorevae.noise import guided_steps, scheduler_log_snr
+from diffusers_scorevae.noise import log_snr_range as log_snr_range_from
 
 EVERY_STEP = (float("-inf"), float("inf"))
 
@@ -120,7 +120,8 @@ def decode_kwargs(args) -> dict:
 def decode(pipe: ScoreVAEPipeline, args, mode: str, latent_codes: torch.Tensor):
     kwargs = decode_kwargs(args)
     if mode == "unconditional":
-        kwargs["guidance_scale"] = 0.0  # the prior's own sampler, bit for bit; the encoder never runs
+        # the prior's own sampler over the whole schedule, bit for bit; the encoder never runs
+        kwargs.update(guidance_scale=0.0, realism=1.0)
     generator = torch.Generator(device="cpu").manual_seed(args.seed)
     return pipe(latent_codes=latent_codes, generator=generator, output_type="pt", **kwargs).images
 
@@ -234,10 +235,10 @@ def main(args):
     print(f"scheduler: {type(pipe.scheduler).__name__}, batch {args.batch_size}, {args.repeats} repeats")
     print(f"decode settings: {settings}")
     steps, log_snr_range = settings["num_inference_steps"], settings["guidance_log_snr_range"]
-    if log_snr_range is not None:  # saved as a JSON list, `null` for an unbounded end
-        log_snr_range = tuple(float(sign + "inf") if end is None else end for sign, end in zip("-+", log_snr_range))
+    log_snr_range = log_snr_range_from(log_snr_range)  # a JSON list from a config: `null` for an unbounded end
     pipe.scheduler.set_timesteps(steps)
-    guided = sum(guided_log_snr(scheduler_log_snr(pipe.scheduler, t), log_snr_range) for t in pipe.scheduler.timesteps)
+    timesteps = pipe.scheduler.timesteps
+    guided = sum(bool(guided_steps(scheduler_log_snr(pipe.scheduler, t), log_snr_range)) for t in timesteps)
     print(f"encoder term at {guided} of {steps} scheduler steps (before any realism start part-way down)")
 
     latent_codes = torch.randn(args.batch_size, args.latent_dim, generator=torch.Generator().manual_seed(1))

@@ -2,7 +2,7 @@
 scheduler and UNet expose. See docs/math.md (§1-§4) for the derivations; this module imports nothing else of the
 package.
 
-Notation map (variable -> symbol in MATH.md / the paper):
+Notation map (variable -> symbol in docs/math.md / the paper):
 
     alphas_cumprod  -> ᾱ_t                    (diffusers schedulers' training schedule)
     alpha           -> α_t = √ᾱ_t             (signal scale of the VP-scaled model input)
@@ -87,7 +87,7 @@ def split_variance(model_output: torch.Tensor, sample: torch.Tensor):
 def model_output_to_epsilon(
     model_output: torch.Tensor, sample: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
-    """Noise prediction ε̂ from a UNet output of `prediction_type` at x_t = `sample` (MATH §2).
+    """Noise prediction ε̂ from a UNet output of `prediction_type` at x_t = `sample` (docs/math.md §2).
 
         epsilon:       ε̂ = out
         v_prediction:  ε̂ = α · out + σ · x_t
@@ -125,7 +125,7 @@ def epsilon_to_model_output(
 
 
 def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, diag exp(logvar)) summed over the latent dimension: `[B, D]` -> `[B]` (MATH §4)."""
+    """log N(z; mean, diag exp(logvar)) summed over the latent dimension: `[B, D]` -> `[B]` (docs/math.md §4)."""
     return -0.5 * ((z - mean) ** 2 * torch.exp(-logvar) + logvar + math.log(2 * math.pi)).sum(dim=-1)
 
 
@@ -295,7 +295,7 @@ def guided_epsilon(
 
 
 def continuous_noise_rate(scheduler, timesteps: torch.Tensor) -> torch.Tensor:
-    """g(t)² of the continuous VP process at s = t/T for a diffusers training schedule (MATH §5).
+    """g(t)² of the continuous VP process at s = t/T for a diffusers training schedule (docs/math.md §5).
 
     For VP, g(s)² = β(s) = −d log ᾱ / ds; with a discrete schedule of T steps, −d log ᾱ / ds ≈ T · (log ᾱ_{t−1} −
     log ᾱ_t) = −T · log(1 − β_t) ≈ T · β_t. The log form is exact for any `beta_schedule` (including

@@ -1,8 +1,8 @@
 """The ScoreVAE encoder objectives.
 
-- `scorevae_loss` (MATH.md §5): denoising score matching of the conditional score
+- `scorevae_loss` (docs/math.md §5): denoising score matching of the conditional score
   ∇ log p(x_t | z) ≈ s_θ(x_t, t) + ∇_{x_t} log q_φ(z | x_t, λ_t), with the prior s_θ frozen, plus β · KL.
-- `posterior_loss` (MATH.md §8): maximum likelihood of a frozen teacher's codes under q_φ(z | x_t, λ_t), the way
+- `posterior_loss` (docs/math.md §8): maximum likelihood of a frozen teacher's codes under q_φ(z | x_t, λ_t), the way
   classifier guidance fits its noisy classifier. No UNet and no double backward.
 """
 
@@ -85,7 +85,7 @@ def draw_timesteps(
 
 
 def loss_weight(noise_scheduler, timesteps: torch.Tensor, loss_weighting: str) -> torch.Tensor:
-    """w(t) of MATH.md §5: 1 for "simple" (λ(t) = σ_t²), g(t)²/σ_t² for "likelihood" (the ELBO weighting)."""
+    """w(t) of docs/math.md §5: 1 for "simple" (λ(t) = σ_t²), g(t)²/σ_t² for "likelihood" (the ELBO weighting)."""
     if loss_weighting == "simple":
         return torch.ones(timesteps.shape, device=timesteps.device)
     if loss_weighting == "likelihood":
@@ -141,7 +141,7 @@ def scorevae_loss(
     timestep_distribution: torch.Tensor | None = None,
 ) -> ScoreVAELossOutput:
     r"""
-    The ScoreVAE training objective for one batch (MATH.md §5). Only the encoder receives gradients.
+    The ScoreVAE training objective for one batch (docs/math.md §5). Only the encoder receives gradients.
 
         z      = μ_φ(x_0, λ_clean) + exp(ℓ_φ(x_0, λ_clean)/2) · ξ          (reparameterised)
         t ~ U{0..T−1},  ε ~ N(0, I),  x_t = α_t x_0 + σ_t ε
@@ -259,8 +259,8 @@ def posterior_loss(
     clean_fraction: float = 0.125,
 ) -> PosteriorLossOutput:
     r"""
-    The posterior-matching objective for one batch (MATH.md §8): fit q_φ(z | x_t, λ_t) to the posterior of a frozen
-    teacher's code given the noisy image, p(z | x_t) = ∫ q_T(z | x_0) p(x_0 | x_t) dx_0, by maximum likelihood.
+    The posterior-matching objective for one batch (docs/math.md §8): fit q_φ(z | x_t, λ_t) to the posterior of a
+    frozen teacher's code given the noisy image, p(z | x_t) = ∫ q_T(z | x_0) p(x_0 | x_t) dx_0, by maximum likelihood.
 
         t ~ U{0..T−1} (or `timestep_distribution`),  ε ~ N(0, I),  x_t = α_t x_0 + σ_t ε
         (μ_T, ℓ_T) = teacher(x_0)                              (no gradient)
@@ -270,8 +270,8 @@ def posterior_loss(
 
     The expectation over z ~ q_T(z | x_0) is taken in closed form (both are Gaussian): the same objective and the same
     expected gradient as drawing z, with less variance. Cross-entropy is minimised by the true conditional, so for
-    every t and every w(t) > 0 the minimiser over all densities is p(z | x_t); in MATH.md §6's Gaussian case that is
-    the exact q(z | x_t) given there. Decoding with the fitted encoder samples p(x_0 | z) ∝ p(x_0) q_T(z | x_0).
+    every t and every w(t) > 0 the minimiser over all densities is p(z | x_t); in docs/math.md §6's Gaussian case that
+    is the exact q(z | x_t) given there. Decoding with the fitted encoder samples p(x_0 | z) ∝ p(x_0) q_T(z | x_0).
 
     The code of an image is what the encoder gives at its clean level, q_φ(z | x_0, λ_clean) (what
     `ScoreVAEPipeline.encode` uses). Its minimiser is the teacher itself, and it must stay there: the first

@@ -1,7 +1,7 @@
 """The variational bound on −log p(x) in bits per dimension (`ScoreVAEPipeline.bits_per_dim`, `prior_bits_per_dim`).
 
-The closed-form check: 8-bit data, the continuous Gaussian N(m, s² I) of MATH.md §6 rounded to the grid (so its exact
-probability mass P(x) is a product of Gaussian bin masses, computable exactly), with the exact prior ε̂. Then
+The closed-form check: 8-bit data, the continuous Gaussian N(m, s² I) of docs/math.md §6 rounded to the grid (so its
+exact probability mass P(x) is a product of Gaussian bin masses, computable exactly), with the exact prior ε̂. Then
 
 - for every proper model of the 8-bit data, E_data[bound] ≥ E_data[−log p_model(x)] ≥ H(data) (the ELBO, then Gibbs'
   inequality): the bound averaged over data must not fall below the data's exact entropy beyond Monte Carlo error.

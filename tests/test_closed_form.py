@@ -1,4 +1,4 @@
-"""The closed-form Gaussian check of MATH.md §6.
+"""The closed-form Gaussian check of docs/math.md §6.
 
 Data x_0 ~ N(m, s² I) in d = 1·4·4 dimensions and an encoder q(z | x_0) = N(A x_0 + b, s_0² I), A with orthonormal
 rows. The UNet's forward is replaced by the exact prior and the encoder's forward by the exact q(z | x_t); then
@@ -34,8 +34,8 @@ D, K = 16, 4  # data and latent dimensions
 M, S, S0 = 0.1, 0.2, 0.15  # data mean and standard deviation, encoder noise s_0
 
 
-# Exact Gaussian components (MATH.md §6), for scalar timesteps and for per-sample timesteps `[N]` as the inversion,
-# the bound and the training loss pass them.
+# Exact Gaussian components (docs/math.md §6), for scalar timesteps and for per-sample timesteps `[N]` as the
+# inversion, the bound and the training loss pass them.
 
 
 def exact_prior_unet(scheduler, mean: float = M, std: float = S):
@@ -57,7 +57,7 @@ def exact_prior_unet(scheduler, mean: float = M, std: float = S):
 def exact_encoder(A, b, scale: float, s0: float, clean_log_snr: float = 10.0):
     """A tiny ScoreVAEEncoder whose forward is the exact q(z | x_t) of the encoder
     q(z | x_0) = N(scale · A (x_0 − m) + b, s0² I) over data N(m, s² I):
-    N(scale · A (E[x_0 | x_t] − m) + b, (scale² c_t + s0²) I). MATH §6 is scale = 1 with b → b + A m."""
+    N(scale · A (E[x_0 | x_t] − m) + b, (scale² c_t + s0²) I). docs/math.md §6 is scale = 1 with b → b + A m."""
     encoder = make_encoder(1, sample_size=SHAPE[1], latent_dim=A.shape[0], random_head=False)
     encoder.register_to_config(clean_log_snr=clean_log_snr)
 

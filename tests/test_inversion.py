@@ -2,14 +2,13 @@
 
 (a) Alignment: for a model whose noise prediction does not depend on x, DDIM inversion is exact, so inverting and
 decoding must return the image to float precision for every timestep spacing, offset, final ᾱ and prediction type.
-(b) The closed-form Gaussian model of MATH.md §6 (exact prior and exact encoder): the round trip error is small and
-shrinks as the number of steps grows, while decoding the same code from fresh noise lands elsewhere.
+(b) The closed-form Gaussian model of docs/math.md §6 (exact prior and exact encoder): the round trip error is small
+and shrinks as the number of steps grows, while decoding the same code from fresh noise lands elsewhere.
 (c) Tiny random components: shapes, finiteness, codes, the pipeline's scheduler left unchanged, errors.
 """
 
 import logging
 import math
-import re
 
 import pytest
 import torch
@@ -25,10 +24,10 @@ from diffusers_scorevae.noise import alpha_sigma_from_log_snr, append_dims, epsi
 
 
 def gaussian_pipeline(scheduler, problem=None, scale: float = 1.0, s0: float = 0.15, clean_log_snr: float = 10.0):
-    """ScoreVAEPipeline with the exact prior and exact encoder (by default the encoder of MATH §6)."""
+    """ScoreVAEPipeline with the exact prior and exact encoder (by default the encoder of docs/math.md §6)."""
     problem = problem or GaussianProblem()
     b = torch.zeros(problem.A.shape[0], dtype=torch.float64)
-    if scale == 1.0:  # MATH §6: A x_0 + b = A (x_0 − m) + (b + A m)
+    if scale == 1.0:  # docs/math.md §6: A x_0 + b = A (x_0 − m) + (b + A m)
         b = problem.b + problem.A @ torch.full((problem.A.shape[1],), M, dtype=torch.float64)
     encoder = exact_encoder(problem.A, b, scale, s0, clean_log_snr)
     pipe = ScoreVAEPipeline(unet=exact_prior_unet(scheduler), scheduler=scheduler, encoder=encoder)
@@ -261,7 +260,9 @@ def test_invert_never_clips_and_its_decode_neither(unet, encoder, images, make_s
     torch.testing.assert_close(out.latents, plain.invert(images, num_inference_steps=5).latents)
     torch.testing.assert_close(
         pipe(latent_codes=out.latent_codes, latents=out.latents, output_type="pt").images,
-        plain(latent_codes=out.latent_codes, latents=out.latents.clone(), num_inference_steps=5, output_type="pt").images,
+        plain(
+            latent_codes=out.latent_codes, latents=out.latents.clone(), num_inference_steps=5, output_type="pt"
+        ).images,
     )
     with pytest.raises(ValueError, match="clip_sample=True"):
         pipe(latent_codes=out.latent_codes, latents=out.latents, clip_sample=True)

@@ -1,4 +1,4 @@
-"""The noise-level math of `diffusers_scorevae.noise` (MATH.md §1-§4) against hand values and autograd."""
+"""The noise-level math of `diffusers_scorevae.noise` (docs/math.md §1-§4) against hand values and autograd."""
 
 import pytest
 import torch
@@ -93,7 +93,7 @@ def test_prediction_type_round_trip(prediction_type):
 
 
 def test_prediction_type_formulas_against_hand_values():
-    # α = 0.6, σ = 0.8, x_t = 1, model output 0.5 (MATH §2)
+    # α = 0.6, σ = 0.8, x_t = 1, model output 0.5 (docs/math.md §2)
     x, out, alpha, sigma = torch.tensor([[1.0]]), torch.tensor([[0.5]]), 0.6, 0.8
     assert model_output_to_epsilon(out, x, alpha, sigma, "epsilon").item() == pytest.approx(0.5)
     assert model_output_to_epsilon(out, x, alpha, sigma, "v_prediction").item() == pytest.approx(0.6 * 0.5 + 0.8)
@@ -134,7 +134,8 @@ def _linear_gaussian_case():
     c = 0.3 * torch.randn(k, generator=generator, dtype=torch.float64)
     x = torch.randn(3, 1, 4, 4, generator=generator)
     z = torch.randn(3, k, generator=generator)
-    # ∇_x log q = Σ_k [(z_k − μ_k) e^{−ℓ_k} W_k + ½((z_k − μ_k)² e^{−ℓ_k} − 1) V_k]   (MATH §4, including the ℓ term)
+    # ∇_x log q = Σ_k [(z_k − μ_k) e^{−ℓ_k} W_k + ½((z_k − μ_k)² e^{−ℓ_k} − 1) V_k]
+    # (docs/math.md §4, including the ℓ term)
     xf = x.flatten(1).double()
     mu, ell = xf @ W.T, xf @ V.T + c
     r = (z.double() - mu) * torch.exp(-ell)

@@ -1,4 +1,4 @@
-"""posterior_loss (MATH.md §8): in the closed-form Gaussian problem the exact q(z | x_t) of the teacher's codes
+"""posterior_loss (docs/math.md §8): in the closed-form Gaussian problem the exact q(z | x_t) of the teacher's codes
 minimises it; the clean level is fitted to the teacher itself; gradients reach the encoder and never the teacher;
 randomness comes from the generator; bad arguments are errors."""
 

@@ -1,4 +1,4 @@
-"""scorevae_loss (MATH.md §5): the exact encoder of the closed-form Gaussian problem minimises it, gradients reach
+"""scorevae_loss (docs/math.md §5): the exact encoder of the closed-form Gaussian problem minimises it, gradients reach
 every encoder parameter and none of the UNet's, randomness comes from the generator, bad arguments are errors."""
 
 import math
@@ -119,7 +119,7 @@ def test_likelihood_weight_is_noise_rate_over_sigma_squared():
     scheduler = DDPMScheduler()
     t = torch.tensor([0, 10, 500, 999])
     weight = loss_weight(scheduler, t, "likelihood")
-    # for the linear DDPM schedule g(t)² ≈ T · β_t (MATH §5)
+    # for the linear DDPM schedule g(t)² ≈ T · β_t (docs/math.md §5)
     approx = 1000 * scheduler.betas[t] / (1 - scheduler.alphas_cumprod[t])
     torch.testing.assert_close(weight, approx.float(), rtol=0.02, atol=0)
     assert torch.equal(loss_weight(scheduler, t, "simple"), torch.ones(4))

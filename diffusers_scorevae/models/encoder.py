@@ -45,7 +45,8 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
     r"""
     The encoder of ScoreVAE: a Gaussian q_φ(z | x_t, λ) over latent codes z, conditioned on a noisy image x_t (the
     VP-scaled input a diffusers UNet sees) and its noise level λ = log(ᾱ / (1 − ᾱ)) (log-SNR). Conditioning on λ rather
-    than on a timestep index makes one encoder usable with any prior and scheduler over the same data (MATH.md §1).
+    than on a timestep index makes one encoder usable with any prior and scheduler over the same data
+    (docs/math.md §1).
 
     Built from diffusers' own blocks: a sinusoidal embedding of λ feeds a `TimestepEmbedding`, a stack of down blocks
     (`get_down_block`, as `UNet2DModel` builds its encoder half) reduces the image, and a linear head maps the final

@@ -1,5 +1,5 @@
 """ScoreVAEPipeline: encode images to latent codes with a ScoreVAE encoder, and decode codes by sampling a frozen
-unconditional diffusion prior with the encoder's score added at every scheduler step (MATH.md §3)."""
+unconditional diffusion prior with the encoder's score added at every scheduler step (docs/math.md §3)."""
 
 from __future__ import annotations
 
