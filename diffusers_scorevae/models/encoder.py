@@ -110,6 +110,10 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
             Widths of an optional mean decoder, codes -> an estimate of E[x_0 | z] in model space (the layers of
             [`BetaVAE`]'s decoder, so a β-VAE's decoder loads into it). It travels with the encoder because it reads
             the encoder's codes; [`ScoreVAEPipeline`] starts decodes at realism < 1 from it. `None`: no decoder.
+        strength_at_realism_zero (`float`, *optional*):
+            s_0, the fraction of the schedule over which a decode at realism 0 refines the mean estimate (the
+            refinement of lowest L2, measured for this encoder and decoder); realism r refines over
+            s_0 + (1 − s_0) · r. `None`: 0, the mean estimate itself.
     """
 
     @register_to_config
@@ -133,9 +137,18 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
         inversion_log_snr_range: tuple[float | None, float | None] | None = None,
         realism: float | None = None,
         decoder_block_out_channels: tuple[int, ...] | None = None,
+        strength_at_realism_zero: float | None = None,
     ):
         super().__init__()
         check_decode_settings(guidance_scale, guidance_log_snr_range, inversion_log_snr_range, realism)
+        if strength_at_realism_zero is not None and (
+            isinstance(strength_at_realism_zero, bool)
+            or not isinstance(strength_at_realism_zero, (int, float))
+            or not 0 <= strength_at_realism_zero < 1
+        ):
+            raise ValueError(
+                f"strength_at_realism_zero must be a number in [0, 1) or None, got {strength_at_realism_zero!r}."
+            )
         if realism is not None and realism < 1 and decoder_block_out_channels is None:
             raise ValueError(
                 f"realism={realism!r} below 1 starts decodes from the mean decoder, but this encoder has none "

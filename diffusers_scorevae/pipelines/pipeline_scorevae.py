@@ -614,10 +614,11 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             realism (`float`, *optional*):
                 Where the decode sits between distortion and realism, in [0, 1] (docs/math.md §9). 1 is a posterior
                 sample of p(x | z) from pure noise. Below 1 the decode starts from the encoder's mean decoder, its
-                estimate of E[x_0 | z], noised to the level `realism` of the way down the schedule (as img2img's
-                `strength`), and refines it with the guided reverse process over the remaining
-                `int(num_inference_steps * realism)` steps: fewer UNet evaluations, lower L2, less realism. 0 returns
-                the mean estimate itself (no UNet call). `None`: the value saved in the encoder's config (1 when none
+                estimate of E[x_0 | z], noised to the level a fraction s of the way down the schedule (img2img's
+                `strength`, s = s_0 + (1 − s_0) · realism, [`~ScoreVAEPipeline.realism_strength`]), and refines it
+                with the guided reverse process over the last `int(num_inference_steps * s)` steps: fewer UNet
+                evaluations, lower L2, less realism. At realism 0 with s_0 = 0 it returns the mean estimate itself (no
+                UNet call). `None`: the value saved in the encoder's config (1 when none
                 was saved, or when `guidance_scale=0` is passed). Below 1 needs an encoder with a mean decoder
                 (`ScoreVAEEncoder.has_decoder`); otherwise it is a `ValueError`.
             clip_sample (`bool`, *optional*):
@@ -693,7 +694,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas
         )
         if realism < 1:
-            timesteps = self.get_timesteps(scheduler, num_inference_steps, realism)
+            timesteps = self.get_timesteps(scheduler, num_inference_steps, self.realism_strength(realism))
         self._num_timesteps = len(timesteps)
         extra_step_kwargs = self.prepare_extra_step_kwargs(generator, eta, scheduler)
 
@@ -733,11 +734,18 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             return (images, latent_codes)
         return ScoreVAEPipelineOutput(images=images, latent_codes=latent_codes)
 
+    def realism_strength(self, realism: float) -> float:
+        """The fraction of the schedule a decode at `realism` < 1 refines (img2img's `strength`):
+        s = s_0 + (1 − s_0) · realism, with s_0 the encoder's saved `strength_at_realism_zero` (the refinement of the
+        mean estimate with the lowest L2, measured; 0 when none is saved)."""
+        s_0 = self.encoder.config.get("strength_at_realism_zero") or 0.0
+        return s_0 + (1 - s_0) * realism
+
     @staticmethod
-    def get_timesteps(scheduler, num_inference_steps: int, realism: float) -> torch.Tensor:
-        """The last `int(num_inference_steps · realism)` steps of `scheduler.timesteps` (set already), as diffusers'
+    def get_timesteps(scheduler, num_inference_steps: int, strength: float) -> torch.Tensor:
+        """The last `int(num_inference_steps · strength)` steps of `scheduler.timesteps` (set already), as diffusers'
         img2img pipelines keep the last `strength` of the schedule (`set_begin_index` where the scheduler has it)."""
-        init_timestep = min(int(num_inference_steps * realism), num_inference_steps)
+        init_timestep = min(int(num_inference_steps * strength), num_inference_steps)
         t_start = max(num_inference_steps - init_timestep, 0)
         if hasattr(scheduler, "set_begin_index"):
             scheduler.set_begin_index(t_start * scheduler.order)
