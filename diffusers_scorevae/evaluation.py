@@ -126,23 +126,27 @@ def decode_settings(pipe, **settings) -> dict:
     r"""
     The decoding settings a decode actually uses, for the record: each given one; for a `None` the value saved with
     the model (`pipe.decode_defaults`, where the pipeline has it), else the default of its `__call__`. `clip_sample`
-    falls back to the scheduler's config. Ranges are lists (as JSON writes them).
+    `None` is whether x̂_0 is clipped: a guided decode clips only when asked, an unguided one (γ = 0) as the
+    scheduler's config says. Ranges are lists (as JSON writes them).
     """
     saved = dict(getattr(pipe, "decode_defaults", None) or {})
     signature = inspect.signature(type(pipe).__call__).parameters
     used = {}
     for key, value in settings.items():
-        if value is None:
+        if value is None and key != "clip_sample":
             if key in saved:
                 value = saved[key]
-            elif key == "clip_sample" and "clip_sample" not in signature:
-                value = pipe.scheduler.config.get("clip_sample")
             elif key in signature and signature[key].default is not inspect.Parameter.empty:
                 value = signature[key].default
-        if isinstance(value, tuple):
-            value = list(value)
         used[key] = value
-    return used
+    guidance_scale = used.get("guidance_scale", settings.get("guidance_scale", saved.get("guidance_scale")))
+    if "realism" in used and settings.get("realism") is None and guidance_scale == 0:
+        used["realism"] = 1.0  # an unguided decode is a sample of the prior, whatever realism the model saved
+    if "clip_sample" in used and used["clip_sample"] is None:
+        clips = bool(pipe.scheduler.config.get("clip_sample", False))
+        # a pipeline that takes `clip_sample` clips a guided decode only when asked; older ones follow the scheduler
+        used["clip_sample"] = clips and ("clip_sample" not in signature or guidance_scale == 0)
+    return {key: list(value) if isinstance(value, tuple) else value for key, value in used.items()}
 
 
 @torch.no_grad()

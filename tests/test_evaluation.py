@@ -247,8 +247,15 @@ def test_decode_settings_record_the_values_used():
     if "realism" not in inspect.signature(ScoreVAEPipeline.__call__).parameters:
         with pytest.raises(ValueError, match="realism"):
             decode_call_kwargs(pipe, realism=0.5)
-    used = decode_settings(pipe, num_inference_steps=7, guidance_scale=None, clip_sample=None)
-    assert used["num_inference_steps"] == 7 and used["clip_sample"] is pipe.scheduler.config.clip_sample
+    assert pipe.scheduler.config.clip_sample is True  # DDPMScheduler's default, which a guided decode ignores
+    used = decode_settings(pipe, num_inference_steps=7, guidance_scale=2.0, clip_sample=None)
+    assert used == {"num_inference_steps": 7, "guidance_scale": 2.0, "clip_sample": False}
+    assert decode_settings(pipe, guidance_scale=0.0, clip_sample=None)["clip_sample"] is True  # the prior alone
+    assert decode_settings(pipe, guidance_scale=2.0, clip_sample=True)["clip_sample"] is True
+    if hasattr(ScoreVAEPipeline, "decode_defaults"):
+        assert decode_settings(pipe, realism=None, guidance_scale=None) == {
+            "realism": pipe.decode_defaults["realism"], "guidance_scale": pipe.decode_defaults["guidance_scale"]
+        }  # fmt: skip
     saved = {"num_inference_steps": 50, "guidance_scale": 3.5, "guidance_log_snr_range": (-6.0, float("inf"))}
 
     class SavedDefaults(type(pipe)):  # a pipeline whose decoding settings travel with the model
