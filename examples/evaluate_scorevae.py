@@ -8,7 +8,8 @@ classifier's features of the reconstructions and of the originals).
         --classifier runs/classifier --num_images 1000 --settings ddim:50:1 ddim:50:4 ddpm:1000:1 --output results.json
 
 A setting is `scheduler[:steps[:guidance_scale[:option,option,...]]]`; steps or guidance_scale left out or empty (e.g.
-`ddpm`, `ddim::2`) are the values saved with the model. The scheduler is one of ddpm, ddim, dpm (DPM-Solver++ 2M;
+`ddpm`, `ddim::2`) are the values saved with the model. The scheduler is `saved` (the pipeline's own; the default
+setting `saved` decodes with everything saved with the model) or one of ddpm, ddim, dpm (DPM-Solver++ 2M;
 `algorithm_type=sde-dpmsolver++` for its SDE variant), dpm-single, unipc, deis, pndm, lms, euler, euler-a (Euler
 ancestral), heun, kdpm2, kdpm2-a. An option is `clip` / `noclip` (the scheduler's `clip_sample`), `eta=X` (DDIM's η,
 passed to the pipeline), `realism=R` (passed to the pipeline), `power=P` (custom timesteps floor(T·(k/N)^P), k = N-1 …
@@ -75,6 +76,9 @@ SCHEDULERS = {
 }
 
 
+SAVED = "saved"  # the setting's scheduler: the one saved with the pipeline
+
+
 def parse_args(input_args=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pipelines", nargs="+", required=True, help="ScoreVAEPipeline folders or Hub ids.")
@@ -90,7 +94,9 @@ def parse_args(input_args=None):
         help="Start at this test image (each image keeps the noise seed a run from image 0 would give it).",
     )
     parser.add_argument("--batch_size", type=int, default=500)
-    parser.add_argument("--settings", nargs="+", default=["ddim:50:1"])
+    parser.add_argument(
+        "--settings", nargs="+", default=["saved"], help="Decode settings (default: all saved with the model)."
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--num_samples_per_code", type=int, default=1, help="Decodes per code (K >= 2 adds l2_mean_of_k, ...)."
@@ -131,8 +137,8 @@ def parse_setting(setting: str):
     if not 1 <= len(parts) <= 4:
         raise ValueError(f"setting {setting!r} must be scheduler[:steps[:guidance_scale[:option,option,...]]].")
     name, steps, gamma = (parts + ["", ""])[:3]
-    if name not in SCHEDULERS:
-        raise ValueError(f"setting {setting!r}: scheduler {name!r} is not one of {sorted(SCHEDULERS)}.")
+    if name not in SCHEDULERS and name != SAVED:
+        raise ValueError(f"setting {setting!r}: scheduler {name!r} is not {SAVED!r} or one of {sorted(SCHEDULERS)}.")
     overrides, pipeline_kwargs = {}, {}
     for option in parts[3].split(",") if len(parts) == 4 and parts[3] else []:
         if option in ("clip", "noclip"):
@@ -230,13 +236,16 @@ def main(args):
             pipe = ScoreVAEPipeline.from_pretrained(args.prior, encoder=pipe.encoder)
         pipe.to(device)
         kl = kl_rate(pipe.encoder, originals).mean().item() if is_main else None  # the same for every setting
-        base_config = pipe.scheduler.config
+        base_config, base_class = pipe.scheduler.config, type(pipe.scheduler)
         takes = set(inspect.signature(type(pipe).__call__).parameters)
         unet_calls = []  # batch sizes of the UNet's forward calls, for the model evaluations per image
         hook = pipe.unet.register_forward_hook(lambda module, inputs, output: unet_calls.append(inputs[0].shape[0]))
         for setting in args.settings:
             name, steps, gamma, overrides, pipeline_kwargs = parse_setting(setting)
-            pipe.scheduler = make_scheduler(name, base_config, overrides)
+            if name == SAVED:  # the scheduler the pipeline was saved with
+                pipe.scheduler = base_class.from_config(base_config, **overrides)
+            else:
+                pipe.scheduler = make_scheduler(name, base_config, overrides)
             if "power" in pipeline_kwargs:  # custom timesteps, denser at low noise for power > 1
                 if steps is None:
                     raise ValueError(f"setting {setting!r}: power=P needs the number of steps.")

@@ -140,6 +140,7 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
         ["--pipelines", pipeline, "--beta_vae", pretrained_path("fashion-mnist-beta-vae"),
          "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3",
          "--settings", "ddim:2:1", "heun:2:1:noclip", "ddim:2:1:eta=1.0,clip_sample=False", "ddpm:3:1:noclip,power=2",
+         "saved:2",
          "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
          "--guidance_log_snr_range", "-100", "inf"]
     )  # fmt: skip
@@ -157,6 +158,10 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
     assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["clip_sample"] is False
     assert runs["ddim:2:1:eta=1.0,clip_sample=False"]["l2"] != entry["l2"]  # η = 1 is another sampler
     assert runs["ddpm:3:1:noclip,power=2"]["model_evals"] == 3  # custom timesteps 444, 111, 0
+    # `saved`: the pipeline's own scheduler and, where the setting leaves them out, the settings saved with the model
+    saved = ScoreVAEPipeline.from_pretrained(pipeline).decode_defaults
+    assert runs["saved:2"]["guidance_scale"] == saved["guidance_scale"] and runs["saved:2"]["model_evals"] == 2
+    assert runs["saved:2"]["guidance_log_snr_range"] == [-100, float("inf")]  # the run's flag
     # a later slice of the test set: its own images, the noise seeds a run from image 0 would give them
     count = len(bundled_test_images()[0])
     with pytest.raises(ValueError, match="--first_image"):
@@ -172,6 +177,8 @@ def test_evaluate_scorevae_settings():
     assert parse("ddpm:50:2") == ("ddpm", 50, 2.0, {}, {})
     # steps and guidance scale left out or empty: the values saved with the model
     assert parse("ddpm") == ("ddpm", None, None, {}, {})
+    assert parse("saved") == ("saved", None, None, {}, {})  # the pipeline's own scheduler
+    assert evaluate_scorevae.parse_args(["--pipelines", "p", "--output", "x.json"]).settings == ["saved"]
     assert parse("ddim::2:realism=0.5") == ("ddim", None, 2.0, {}, {"realism": 0.5})
     assert parse("ddim:25:1.5:noclip,eta=0.5") == ("ddim", 25, 1.5, {"clip_sample": False}, {"eta": 0.5})
     assert parse("dpm:20:2:algorithm_type=sde-dpmsolver++,solver_order=2") == (
