@@ -524,8 +524,8 @@ def beta_vae_metrics(model, originals: torch.Tensor, classifier=None, fd: bool =
 
 def same_code_metrics(originals: torch.Tensor, decodes: torch.Tensor) -> dict:
     r"""
-    How the decodes of one code spread, from K ≥ 2 decodes per image (MATH.md §8): `l2_mean_of_k`, the mean L2 of the
-    average of the K decodes (the MMSE proxy: for a decoder sampling p(x | z) its squared error is (1 + 1/K) × the
+    How the decodes of one code spread, from K ≥ 2 decodes per image (docs/math.md §8): `l2_mean_of_k`, the mean L2 of
+    the average of the K decodes (the MMSE proxy: for a decoder sampling p(x | z) its squared error is (1 + 1/K) × the
     MMSE given z), and `l2_between_decodes`, the mean L2 between two decodes of the same code (over all pairs).
 
     Args:

@@ -2,8 +2,8 @@
 """Train a ScoreVAE encoder against a frozen, pretrained, unconditional diffusers prior.
 
 Two objectives (`--objective`):
-- `score` (MATH.md §5): denoising score matching of the conditional score through the frozen UNet, plus β · KL.
-- `posterior` (MATH.md §8): fit q_φ(z | x_t, λ_t) by maximum likelihood to the codes of a frozen `--teacher` (a
+- `score` (docs/math.md §5): denoising score matching of the conditional score through the frozen UNet, plus β · KL.
+- `posterior` (docs/math.md §8): fit q_φ(z | x_t, λ_t) by maximum likelihood to the codes of a frozen `--teacher` (a
   ScoreVAEEncoder at its clean level, or a BetaVAE's encoder). No UNet runs and there is no double backward, so a step
   is several times cheaper; the prior is read for its noise schedule (and written into the output pipeline).
 The recipe that uses both: `--objective posterior --teacher T --output_dir A`, then
@@ -141,8 +141,8 @@ def parse_args(input_args=None):
         type=str,
         default="score",
         choices=OBJECTIVES,
-        help="`score`: score matching through the frozen UNet (MATH §5); `posterior`: maximum likelihood of the "
-        "--teacher's codes under q(z | x_t) (MATH §8), no UNet.",
+        help="`score`: score matching through the frozen UNet (docs/math.md §5); `posterior`: maximum likelihood of "
+        "the --teacher's codes under q(z | x_t) (docs/math.md §8), no UNet.",
     )
     parser.add_argument(
         "--teacher",
@@ -956,10 +956,15 @@ def main(args):
     if accelerator.is_main_process:
         save_pipeline(args.output_dir, final_encoder(), unet and unet.to(torch.float32), noise_scheduler, vae)
         if args.push_to_hub:
-            from diffusers_scorevae.hub import push_pipeline_to_hub
+            from diffusers_scorevae.hub import push_pipeline_to_hub, training_datasets
+            from diffusers_scorevae.hub.model_card import TRAINING_SUMMARY_KEYS
 
             push_pipeline_to_hub(
-                args.output_dir, args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)), args
+                args.output_dir,
+                args.hub_model_id or os.path.basename(os.path.normpath(args.output_dir)),
+                training={key: getattr(args, key, None) for key in TRAINING_SUMMARY_KEYS},
+                datasets=training_datasets(args.dataset_name, args.fashion_mnist_dir),
+                token=args.hub_token,
             )
     accelerator.end_training()
 
