@@ -21,7 +21,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import make_unet
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from diffusers import DDPMScheduler, UNet2DModel
 from hub_cache import go_offline, write_cached_repo
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
@@ -250,15 +250,16 @@ def test_every_entry_point_loads_the_prior(offline_priors, model, layout, weight
 
 
 def test_readme_wraps_a_hub_prior(offline_priors):
-    """The README's "Wrap any pretrained unconditional prior" snippet runs against the real layout."""
+    """The README's "Wrap any prior" snippet runs against the real layout."""
     with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
         readme = f.read()
-    snippet = readme[readme.index("Wrap any pretrained unconditional prior") :].split("```python\n", 1)[1]
+    snippet = readme[readme.index("**Wrap any prior**") :].split("```python\n", 1)[1]
     namespace = {}
     exec(snippet.split("```", 1)[0], namespace)
-    pipe = namespace["pipe"]
-    check_prior(pipe.unet, pipe.scheduler, "cifar10", offline_priors, scheduler_class=DDIMScheduler)
-    assert not pipe.scheduler.config.clip_sample  # the repo's DDPM configuration, but x̂_0 not clipped
+    pipe, swapped = namespace["pipe"], namespace["swapped"]
+    check_prior(pipe.unet, pipe.scheduler, "cifar10", offline_priors)
+    assert pipe.scheduler.config.clip_sample  # the repo's DDPM configuration as saved; guided decodes do not clip
+    assert swapped.encoder is pipe.encoder and swapped.decode_defaults == pipe.decode_defaults
 
 
 @pytest.mark.parametrize("model", list(PRIORS))
