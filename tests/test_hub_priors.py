@@ -25,7 +25,8 @@ from diffusers import DDPMScheduler, UNet2DModel
 from hub_cache import go_offline, write_cached_repo
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
-from diffusers_scorevae.cli import load_pipeline, main
+from diffusers_scorevae.cli import main
+from diffusers_scorevae.loading import load_pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAINING_SCRIPT = os.path.join(ROOT, "examples", "train_scorevae_encoder.py")
