@@ -5,7 +5,7 @@ count. Weights are rewritten in the dtype they had (the bundles keep float16).
 
     python scripts/save_decode_settings.py diffusers_scorevae/pretrained/fashion-mnist --num-inference-steps 50 \
         --guidance-scale 3.5 --guidance-log-snr-range -6 inf --inversion-log-snr-range 2 inf \
-        --mean-decoder runs/mean-decoder --realism 0.1
+        --mean-decoder runs/mean-decoder --realism 0.1 --strength-at-realism-zero 0.04
 """
 
 import argparse
@@ -30,6 +30,7 @@ def main(argv=None):
     parser.add_argument("--guidance-log-snr-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     parser.add_argument("--inversion-log-snr-range", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"))
     parser.add_argument("--realism", type=float, default=None)
+    parser.add_argument("--strength-at-realism-zero", type=float, default=None)
     parser.add_argument(
         "--mean-decoder", default=None, help="A pipeline folder whose encoder carries the mean decoder to use."
     )
@@ -38,26 +39,28 @@ def main(argv=None):
     pipe = ScoreVAEPipeline.from_pretrained(args.pipeline)
     weights = os.path.join(args.pipeline, "encoder", "diffusion_pytorch_model.safetensors")
     dtype = next(iter(load_file(weights).values())).dtype  # the dtype on disk (loading gives float32)
-    encoder = pipe.encoder
-    if args.mean_decoder is not None:
-        encoder = ScoreVAEEncoder.from_pretrained(args.mean_decoder, subfolder="encoder")
-        if not encoder.has_decoder:
+    config = {k: v for k, v in pipe.encoder.config.items() if not k.startswith("_")}
+    state = pipe.encoder.state_dict()
+    if args.mean_decoder is not None:  # this pipeline's encoder, with the other one's mean decoder
+        carrier = ScoreVAEEncoder.from_pretrained(args.mean_decoder, subfolder="encoder")
+        if not carrier.has_decoder:
             raise ValueError(f"--mean-decoder {args.mean_decoder}: its encoder carries no mean decoder.")
-        mine = pipe.encoder.state_dict()
-        theirs = {k: v for k, v in encoder.state_dict().items() if not k.startswith("decoder.")}
-        differ = [k for k in mine if not torch.equal(mine[k].float(), theirs[k].float())]
-        if differ:
+        theirs = carrier.state_dict()
+        if any(not torch.equal(state[k].float(), theirs[k].float()) for k in state if not k.startswith("decoder.")):
             raise ValueError(f"--mean-decoder {args.mean_decoder} holds another encoder")
+        config["decoder_block_out_channels"] = tuple(carrier.config.decoder_block_out_channels)
+        state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
+        state.update({k: v for k, v in theirs.items() if k.startswith("decoder.")})
     settings = {
         "guidance_scale": args.guidance_scale,
         "guidance_log_snr_range": log_snr_range(args.guidance_log_snr_range),
         "inversion_log_snr_range": log_snr_range(args.inversion_log_snr_range),
         "realism": args.realism,
+        "strength_at_realism_zero": args.strength_at_realism_zero,
     }
-    config = {k: v for k, v in encoder.config.items() if not k.startswith("_")}
     config.update({k: v for k, v in settings.items() if v is not None})
     new_encoder = ScoreVAEEncoder(**config)
-    new_encoder.load_state_dict(encoder.state_dict())
+    new_encoder.load_state_dict(state)
     steps = args.num_inference_steps if args.num_inference_steps is not None else pipe.config.num_inference_steps
     components = {k: v for k, v in pipe.components.items()}
     components["encoder"] = new_encoder
