@@ -33,7 +33,8 @@ and the clip moves every pixel whose x̂_0 overshoots back inside, a little at e
 pixels towards the clipping boundary, so its inverse expands them, and errors grow from step to step. On the bundled
 model no per-step inverse tried (solving for x̂_0 with ε̂ held, for ε̂ with x̂_0 held, Richardson iterations on the
 clipped step, damped or not, from the unclipped solution or not) reaches 20 dB at 100 steps, where ignoring the clip
-gives 15 dB and fresh noise 13 dB; `check_invertible` refuses such schedulers.
+gives 15 dB and fresh noise 13 dB; `inversion_scheduler` therefore always inverts (and the decode of its result
+always runs) a DDIM that does not clip.
 
 The (t, ᾱ_t, ᾱ_prev) of every step are those `DDIMScheduler.step` uses after `set_timesteps` (any `timestep_spacing`,
 `steps_offset`, `set_alpha_to_one`), so decoding the result with that scheduler retraces the inverted path.
@@ -48,10 +49,6 @@ from typing import Callable
 import torch
 from diffusers import DDIMScheduler
 
-INVERTIBLE_SCHEDULER = (
-    "`pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, clip_sample=False, thresholding=False)`"
-)
-
 
 def inversion_scheduler(scheduler) -> DDIMScheduler:
     """The DDIM scheduler an inversion runs backwards (and the decode of its result runs forwards): `scheduler` itself
@@ -60,25 +57,6 @@ def inversion_scheduler(scheduler) -> DDIMScheduler:
     if isinstance(scheduler, DDIMScheduler) and not scheduler.config.clip_sample and not scheduler.config.thresholding:
         return scheduler
     return DDIMScheduler.from_config(scheduler.config, clip_sample=False, thresholding=False)
-
-
-def check_invertible(scheduler):
-    """Raise a `ValueError` unless `scheduler` is a `DDIMScheduler`, the one deterministic sampler `invert` inverts,
-    that neither clips nor thresholds x̂_0 (module docstring)."""
-    if not isinstance(scheduler, DDIMScheduler):
-        raise ValueError(
-            "invert runs DDIM backwards, so the pipeline's scheduler must be a DDIMScheduler (decoded with eta=0), "
-            f"but it is {type(scheduler).__name__}. Stochastic samplers (DDPM, Euler ancestral, ...) cannot be "
-            f"inverted and other solvers are not supported: set {INVERTIBLE_SCHEDULER} before inverting and decode "
-            "with the same scheduler."
-        )
-    clipping = [name for name in ("clip_sample", "thresholding") if scheduler.config[name]]
-    if clipping:
-        raise ValueError(
-            f"invert cannot invert a DDIMScheduler with {' and '.join(f'{name}=True' for name in clipping)}: clipping "
-            "x̂_0 at every step makes the decode many-to-one, so it cannot be inverted. Set "
-            f"{INVERTIBLE_SCHEDULER} before inverting and decode with the same scheduler."
-        )
 
 
 def ddim_step_alphas(scheduler: DDIMScheduler, num_inference_steps: int):
@@ -119,7 +97,7 @@ def ddim_invert(
     Each step takes ε̂ at the sample in hand, then refines x_t by `num_fixed_point_iterations` fixed-point iterations
     x_t ← inverse step with ε̂(x_t, t), which converge to the exact inverse of the DDIM step where ε̂ is smooth enough
     (one more `epsilon_fn` call each). No clipping: this inverts the decode of a scheduler that does not clip x̂_0
-    (`check_invertible`).
+    (`inversion_scheduler`).
     """
     timesteps, alpha_prods, alpha_prods_prev = ddim_step_alphas(scheduler, num_inference_steps)
     for i in progress_bar(range(len(timesteps) - 1, -1, -1)):
