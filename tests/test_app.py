@@ -28,7 +28,12 @@ STEPS = 2  # every decode here: enough to exercise the loop, seconds on a loaded
 
 @pytest.fixture(scope="module")
 def models():
-    return app.load_models("fashion-mnist", device="cpu")
+    models = app.load_models("fashion-mnist", device="cpu")
+    # the bundle decodes at realism 0.1 (6 of 50 steps); at the 2 steps used here that is no step at all, so these
+    # tests of the app's mechanics save realism 1 on their copy: every step runs (test_realism_reaches_the_pipeline
+    # checks the knob)
+    models.pipe.encoder.register_to_config(realism=1.0)
+    return models
 
 
 @pytest.fixture
@@ -106,6 +111,21 @@ def test_reconstruct_defaults_are_the_pipelines_saved_settings(models, saved):
 
     again = app.reconstruct(models, image, STEPS, 1.5, num_decodes=2, seed=3)
     assert torch.equal(again.reconstructions, result.reconstructions)  # seeded
+
+
+def test_realism_reaches_the_pipeline(models):
+    image = PIL.Image.fromarray(bundled_test_images()[0][0])
+    calls = []
+    hook = models.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    try:
+        mean = app.reconstruct(models, image, 10, realism=0.0, seed=3)  # s = 0.04: no step of 10 (int(0.4))
+        assert calls == [] and mean.metrics["settings"]["realism"] == 0.0
+        half = app.reconstruct(models, image, 10, realism=0.5, seed=3)  # s = 0.04 + 0.96 / 2: the last 5 steps
+        assert len(calls) == 5 and not torch.equal(half.reconstructions, mean.reconstructions)
+    finally:
+        hook.remove()
+    with pytest.raises(ValueError, match="realism must be between 0 and 1, got 2"):
+        app.reconstruct(models, image, 10, realism=2)
 
 
 def test_bad_settings_name_the_value_and_the_range(models):

@@ -126,7 +126,7 @@ def test_evaluate_rate_fd_and_samples_per_code(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(data, "load_fashion_mnist", lambda split, data_dir=None: (images, labels))
     output = tmp_path / "metrics.json"
-    args = ["evaluate", "--num-images", "3", "--num-inference-steps", "2", "--output", str(output)]
+    args = ["evaluate", "--num-images", "3", "--num-inference-steps", "2", "--realism", "1", "--output", str(output)]
     assert main(args + ["--num-samples-per-code", "2"]) == 0
     metrics = json.load(open(output))
     assert metrics["num_samples_per_code"] == 2
@@ -144,7 +144,7 @@ def test_demo_shows_a_progress_bar_over_the_denoising_steps(tmp_path):
     # the command as a user runs it; TQDM_MININTERVAL=0 writes every update (the step bar is cleared after each batch)
     env = dict(os.environ, TQDM_MININTERVAL="0", OMP_NUM_THREADS="1")
     command = [sys.executable, "-m", "diffusers_scorevae.cli", "demo", "--output-dir", str(tmp_path)]
-    command += ["--num-images", "3", "--num-inference-steps", "3", "--batch-size", "2"]
+    command += ["--num-images", "3", "--num-inference-steps", "3", "--realism", "1", "--batch-size", "2"]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
     assert re.search(r"denoising: +100%\S* 3/3 \[", result.stderr), result.stderr  # each batch's steps, to the end
@@ -208,8 +208,11 @@ def test_decoding_flags_default_to_the_model_and_are_passed_only_when_set(tmp_pa
 
     assert main(reconstruct + ["--realism", "1"]) == 0 and seen[-1]["realism"] == 1.0
     capsys.readouterr()
-    # below 1 the decode starts from the encoder's mean decoder, which the bundled encoder lacks: a clear error
-    assert main(reconstruct + ["--realism", "0.5"]) == 2
+    assert main(reconstruct + ["--realism", "0.5"]) == 0 and seen[-1]["realism"] == 0.5
+    # below 1 the decode starts from the encoder's mean decoder, which the latent bundle's encoder lacks: a clear error
+    PIL.Image.fromarray(np.pad(images[0], 2)).save(tmp_path / "b.png")  # the latent bundle reads 32x32 images
+    latent = ["reconstruct", str(tmp_path / "b.png"), "--output-dir", str(tmp_path / "out"), "--pipeline"]
+    assert main(latent + ["fashion-mnist-latent", "--realism", "0.5"]) == 2
     assert "realism=0.5" in capsys.readouterr().err
 
     # demo records the settings it used: the flags', else the model's

@@ -66,7 +66,7 @@ def assert_same_metrics(one, two):
 def test_scorevae_evaluate_on_two_processes_matches_one(tmp_path, data_dir):
     scorevae = shutil.which("scorevae") or os.path.join(os.path.dirname(sys.executable), "scorevae")
     args = ["evaluate", "--fashion-mnist-dir", data_dir, "--num-images", str(NUM_IMAGES)]
-    args += ["--num-inference-steps", "2", "--num-samples-per-code", "2", "--device", "cpu"]
+    args += ["--num-inference-steps", "2", "--realism", "1", "--num-samples-per-code", "2", "--device", "cpu"]
     results = {}
     for n, batch_size in ((1, 4), (2, 2)):  # the batch size does not matter either
         output = tmp_path / f"{n}.json"
@@ -85,7 +85,7 @@ def test_evaluate_scorevae_example_on_two_processes_matches_one(tmp_path, data_d
     pipeline = pretrained_path("fashion-mnist")
     args = [EXAMPLE, "--pipelines", pipeline, "--classifier", pretrained_path("fashion-mnist-classifier")]
     args += ["--fashion_mnist_dir", data_dir, "--num_images", "4", "--first_image", "1", "--batch_size", "2"]
-    args += ["--settings", "ddim:2:1", "ddpm:2:2", "--device", "cpu"]
+    args += ["--settings", "ddim:2:1", "ddpm:2:2", "--realism", "1", "--device", "cpu"]
     results = {}
     for n in (1, 2):
         output = tmp_path / f"{n}.json"

@@ -141,7 +141,7 @@ def test_evaluate_scorevae_script(tmp_path, monkeypatch):
          "--classifier", pretrained_path("fashion-mnist-classifier"), "--num_images", "3",
          "--settings", "ddim:2:1", "heun:2:1:noclip", "ddim:2:1:eta=1.0,clip_sample=False", "ddpm:3:1:noclip,power=2",
          "saved:2",
-         "--num_samples_per_code", "2", "--output", str(output), "--device", "cpu",
+         "--num_samples_per_code", "2", "--realism", "1", "--output", str(output), "--device", "cpu",
          "--guidance_log_snr_range", "-100", "inf"]
     )  # fmt: skip
     evaluate_scorevae.main(args)
