@@ -106,11 +106,8 @@ def attach_decoder(encoder, args):
         return encoder.with_decoder(BetaVAE.from_pretrained(resolve(args.init_decoder)).float())
     if encoder.has_decoder:
         return encoder
-    config = {k: v for k, v in encoder.config.items() if not k.startswith("_")}
-    config["decoder_block_out_channels"] = tuple(int(c) for c in args.decoder_block_out_channels.split(","))
-    fresh = type(encoder)(**config)
-    fresh.load_state_dict(encoder.state_dict(), strict=False)
-    return fresh
+    widths = tuple(int(c) for c in args.decoder_block_out_channels.split(","))
+    return encoder.with_config(decoder_block_out_channels=widths)
 
 
 def main(args):

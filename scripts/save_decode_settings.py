@@ -39,18 +39,14 @@ def main(argv=None):
     pipe = ScoreVAEPipeline.from_pretrained(args.pipeline)
     weights = os.path.join(args.pipeline, "encoder", "diffusion_pytorch_model.safetensors")
     dtype = next(iter(load_file(weights).values())).dtype  # the dtype on disk (loading gives float32)
-    config = {k: v for k, v in pipe.encoder.config.items() if not k.startswith("_")}
-    state = pipe.encoder.state_dict()
+    carrier = None
     if args.mean_decoder is not None:  # this pipeline's encoder, with the other one's mean decoder
         carrier = ScoreVAEEncoder.from_pretrained(args.mean_decoder, subfolder="encoder")
         if not carrier.has_decoder:
             raise ValueError(f"--mean-decoder {args.mean_decoder}: its encoder carries no mean decoder.")
-        theirs = carrier.state_dict()
-        if any(not torch.equal(state[k].float(), theirs[k].float()) for k in state if not k.startswith("decoder.")):
+        mine, theirs = pipe.encoder.state_dict(), carrier.state_dict()
+        if any(not torch.equal(mine[k].float(), theirs[k].float()) for k in mine if not k.startswith("decoder.")):
             raise ValueError(f"--mean-decoder {args.mean_decoder} holds another encoder")
-        config["decoder_block_out_channels"] = tuple(carrier.config.decoder_block_out_channels)
-        state = {k: v for k, v in state.items() if not k.startswith("decoder.")}
-        state.update({k: v for k, v in theirs.items() if k.startswith("decoder.")})
     settings = {
         "guidance_scale": args.guidance_scale,
         "guidance_log_snr_range": log_snr_range(args.guidance_log_snr_range),
@@ -58,9 +54,12 @@ def main(argv=None):
         "realism": args.realism,
         "strength_at_realism_zero": args.strength_at_realism_zero,
     }
-    config.update({k: v for k, v in settings.items() if v is not None})
-    new_encoder = ScoreVAEEncoder(**config)
-    new_encoder.load_state_dict(state)
+    changes = {k: v for k, v in settings.items() if v is not None}
+    if carrier is not None:
+        changes["decoder_block_out_channels"] = tuple(carrier.config.decoder_block_out_channels)
+    new_encoder = pipe.encoder.with_config(**changes)
+    if carrier is not None:
+        new_encoder.decoder.load_state_dict(carrier.decoder.state_dict())
     steps = args.num_inference_steps if args.num_inference_steps is not None else pipe.config.num_inference_steps
     components = {k: v for k, v in pipe.components.items()}
     components["encoder"] = new_encoder

@@ -294,17 +294,29 @@ class ScoreVAEEncoder(ScoreVAEHubMixin, ModelMixin, ConfigMixin):
             raise ValueError(
                 f"beta_vae decodes (latent_dim, channels, size) = {got}, but this encoder needs {wanted}."
             )
-        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
-        config.update(decoder_block_out_channels=tuple(beta_config.block_out_channels), **settings)
-        if beta_config.norm_num_groups != config["norm_num_groups"]:
+        if beta_config.norm_num_groups != self.config.norm_num_groups:
             raise ValueError(
                 f"beta_vae's norm_num_groups {beta_config.norm_num_groups} differs from the encoder's "
-                f"{config['norm_num_groups']}; the mean decoder shares the encoder's."
+                f"{self.config.norm_num_groups}; the mean decoder shares the encoder's."
             )
+        encoder = self.with_config(decoder_block_out_channels=tuple(beta_config.block_out_channels), **settings)
+        decoder = {k: v for k, v in beta_vae.state_dict().items() if not k.startswith("encoder.")}
+        encoder.decoder.load_state_dict(decoder)
+        return encoder
+
+    def with_config(self, **changes) -> "ScoreVAEEncoder":
+        """A copy of this encoder with config `changes` (decode settings, or `decoder_block_out_channels` to add or
+        reshape the mean decoder), on the same device and dtype, with this encoder's weights: all of them, except a
+        mean decoder that is new or of another shape, which starts from its initialisation."""
+        config = {k: v for k, v in self.config.items() if not k.startswith("_")}
+        config.update(changes)
         encoder = type(self)(**config).to(self.device, self.dtype)
-        state = {k: v for k, v in self.state_dict().items() if not k.startswith("decoder.")}
-        state.update({f"decoder.{k}": v for k, v in beta_vae.state_dict().items() if not k.startswith("encoder.")})
-        encoder.load_state_dict(state)
+        state = self.state_dict()
+        widths = tuple(self.config.decoder_block_out_channels or ())
+        if self.decoder is not None and tuple(config["decoder_block_out_channels"] or ()) == widths:
+            encoder.load_state_dict(state)
+        else:
+            encoder.load_state_dict({k: v for k, v in state.items() if not k.startswith("decoder.")}, strict=False)
         return encoder
 
     def _sample_hw(self) -> tuple[int, int]:
