@@ -109,11 +109,9 @@ def interpolate(
     if not isinstance(num_points, int) or num_points < 2:
         raise ValueError(f"num_points must be an integer >= 2, got {num_points!r}.")
     images = torch.cat([_one_image(pipe, image_a, "image_a"), _one_image(pipe, image_b, "image_b")])
-    defaults = pipe.decode_defaults
-    num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-    guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-    if guidance_log_snr_range is None:
-        guidance_log_snr_range = defaults["inversion_log_snr_range"]
+    settings = pipe.resolve_settings(num_inference_steps, guidance_scale, guidance_log_snr_range, inversion=True)
+    num_inference_steps, guidance_scale = settings["num_inference_steps"], settings["guidance_scale"]
+    guidance_log_snr_range = settings["guidance_log_snr_range"]
     decoder = pipe
     weights = torch.linspace(0, 1, num_points, dtype=torch.float64, device=images.device)
 

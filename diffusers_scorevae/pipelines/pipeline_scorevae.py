@@ -238,6 +238,28 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             "realism": 1.0 if realism is None else float(realism),
         }
 
+    def resolve_settings(
+        self,
+        num_inference_steps: int | None = None,
+        guidance_scale: float | None = None,
+        guidance_log_snr_range: tuple[float, float] | None = None,
+        realism: float | None = None,
+        defaults: dict | None = None,
+        inversion: bool = False,
+    ) -> dict:
+        """The decode settings a call uses: each argument as given, or where `None` its default (`defaults`, else
+        [`~ScoreVAEPipeline.decode_defaults`]); with `inversion=True` the log-SNR range defaults to the inversion's."""
+        defaults = dict(self.decode_defaults if defaults is None else defaults)
+        if inversion:
+            defaults["guidance_log_snr_range"] = defaults["inversion_log_snr_range"]
+        given = {
+            "num_inference_steps": num_inference_steps,
+            "guidance_scale": guidance_scale,
+            "guidance_log_snr_range": guidance_log_snr_range,
+            "realism": realism,
+        }
+        return {key: defaults[key] if value is None else value for key, value in given.items()}
+
     def _remember_inversion(self, latents: torch.Tensor, settings: dict):
         key = id(latents)
         forget = lambda _, key=key, records=self._inversions: records.pop(key, None)  # noqa: E731
@@ -638,13 +660,13 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         #    model's saved defaults) and check the inputs
         inversion = self._inversion_of(latents)
         defaults = dict(self.decode_defaults, **(inversion or {}))
-        if guidance_scale is not None and guidance_scale == 0 and realism is None:
+        if guidance_scale is not None and guidance_scale == 0:
             defaults["realism"] = 1.0  # γ = 0 asks for the prior's own sampler
-        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        if guidance_log_snr_range is None:
-            guidance_log_snr_range = defaults["guidance_log_snr_range"]
-        realism = defaults["realism"] if realism is None else realism
+        settings = self.resolve_settings(
+            num_inference_steps, guidance_scale, guidance_log_snr_range, realism, defaults=defaults
+        )
+        num_inference_steps, guidance_scale = settings["num_inference_steps"], settings["guidance_scale"]
+        guidance_log_snr_range, realism = settings["guidance_log_snr_range"], settings["realism"]
         self.check_inputs(
             image,
             latent_codes,
@@ -813,11 +835,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             settings used).
         """
         # 1. resolve the settings (`None`: the saved defaults, the inversion's own log-SNR range) and check inputs
-        defaults = self.decode_defaults
-        num_inference_steps = defaults["num_inference_steps"] if num_inference_steps is None else num_inference_steps
-        guidance_scale = defaults["guidance_scale"] if guidance_scale is None else guidance_scale
-        if guidance_log_snr_range is None:
-            guidance_log_snr_range = defaults["inversion_log_snr_range"]
+        settings = self.resolve_settings(num_inference_steps, guidance_scale, guidance_log_snr_range, inversion=True)
+        num_inference_steps, guidance_scale = settings["num_inference_steps"], settings["guidance_scale"]
+        guidance_log_snr_range = settings["guidance_log_snr_range"]
         self.check_inputs(
             None, latent_codes, 1, num_inference_steps, guidance_scale, "pt", None, guidance_log_snr_range
         )
