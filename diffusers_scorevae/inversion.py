@@ -38,6 +38,13 @@ always runs) a DDIM that does not clip.
 
 The (t, ᾱ_t, ᾱ_prev) of every step are those `DDIMScheduler.step` uses after `set_timesteps` (any `timestep_spacing`,
 `steps_offset`, `set_alpha_to_one`), so decoding the result with that scheduler retraces the inverted path.
+
+## Flow priors: the Euler ODE run backwards
+
+A flow prior's deterministic decode is Euler on the velocity, x_{i+1} = x_i + (σ_{i+1} − σ_i) v̂_cond(x_i, σ_i) over
+`FlowMatchEulerDiscreteScheduler`'s sigmas (one such step is one DDIM step at the same pair of log-SNRs, docs/math.md
+§10). `flow_invert` solves each step for x_i in reverse order, the same way: v̂ at the sample in hand, then optional
+fixed-point iterations x_i ← x_{i+1} − (σ_{i+1} − σ_i) v̂_cond(x_i, σ_i).
 """
 
 
@@ -47,13 +54,22 @@ import math
 from typing import Callable
 
 import torch
-from diffusers import DDIMScheduler
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
+
+from .noise import is_flow_scheduler
 
 
-def inversion_scheduler(scheduler) -> DDIMScheduler:
-    """The DDIM scheduler an inversion runs backwards (and the decode of its result runs forwards): `scheduler` itself
-    when it is a `DDIMScheduler` that neither clips nor thresholds x̂_0, else a `DDIMScheduler` built from its config
-    (same training schedule, spacing and offset) with `clip_sample=False, thresholding=False`."""
+def inversion_scheduler(scheduler):
+    """The deterministic scheduler an inversion runs backwards (and the decode of its result runs forwards).
+
+    VP priors: `scheduler` itself when it is a `DDIMScheduler` that neither clips nor thresholds x̂_0, else a
+    `DDIMScheduler` built from its config (same training schedule, spacing and offset) with `clip_sample=False,
+    thresholding=False`. Flow priors: `scheduler` itself when it is a deterministic `FlowMatchEulerDiscreteScheduler`,
+    else one built from its config (same `shift` and sigma options; `stochastic_sampling=False`)."""
+    if is_flow_scheduler(scheduler):
+        if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and not scheduler.config.stochastic_sampling:
+            return scheduler
+        return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, stochastic_sampling=False)
     if isinstance(scheduler, DDIMScheduler) and not scheduler.config.clip_sample and not scheduler.config.thresholding:
         return scheduler
     return DDIMScheduler.from_config(scheduler.config, clip_sample=False, thresholding=False)
@@ -105,6 +121,28 @@ def ddim_invert(
         for _ in range(num_fixed_point_iterations + 1):
             epsilon = epsilon_fn(sample, timesteps[i])
             sample = ddim_inverse_step(epsilon.to(target.dtype), target, alpha_prods[i], alpha_prods_prev[i])
+    return sample
+
+
+def flow_invert(
+    velocity_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    sample: torch.Tensor,
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    num_inference_steps: int,
+    num_fixed_point_iterations: int = 0,
+    progress_bar: Callable = iter,
+) -> torch.Tensor:
+    """Run the Euler flow decode of `num_inference_steps` backwards from the image `sample` (x at σ = 0) to its
+    initial noise at σ = sigmas[0] (module docstring). `velocity_fn(x, t)` is the guided velocity at the scheduler's
+    float timestep `t` (a 0-d tensor). Works on a copy of `scheduler`'s sigmas: `scheduler` is unchanged."""
+    euler = FlowMatchEulerDiscreteScheduler.from_config(scheduler.config)
+    euler.set_timesteps(num_inference_steps)
+    timesteps, sigmas = euler.timesteps, euler.sigmas.double()
+    for i in progress_bar(range(len(timesteps) - 1, -1, -1)):
+        target, step = sample, float(sigmas[i + 1] - sigmas[i])
+        for _ in range(num_fixed_point_iterations + 1):
+            velocity = velocity_fn(sample, timesteps[i])
+            sample = target - step * velocity.to(target.dtype)
     return sample
 
 

@@ -11,6 +11,12 @@ Notation map (variable -> symbol in docs/math.md / the paper):
     sample          -> x_t, the VP-scaled input the UNet sees (`scheduler.scale_model_input` output)
     epsilon         -> ε̂, the noise prediction
     score           -> ∇_{x_t} log q_φ(z | x_t, λ_t), the encoder's score
+
+Flow-matching priors (docs/math.md §10; diffusers' FlowMatch* schedulers), in flow scale:
+
+    flow sigma      -> σ ∈ [0, 1], x_σ = (1 − σ) x_0 + σ ε; the UNet is called with timestep σ · num_train_timesteps
+    velocity        -> v̂ ≈ ε − x_0, the UNet's output
+    vp scale        -> c = √((1 − σ)² + σ²): x_vp = x_σ / c is a VP sample at α = (1 − σ) / c, λ = 2 log((1 − σ) / σ)
 """
 
 from __future__ import annotations
@@ -38,13 +44,48 @@ def alpha_sigma_from_log_snr(log_snr: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
 
 
+def is_flow_scheduler(scheduler) -> bool:
+    """Whether `scheduler` steps a flow-matching path x_σ = (1 − σ) x_0 + σ ε with a velocity (diffusers'
+    `FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler`, ...): it has `scale_noise` and no
+    `alphas_cumprod`."""
+    return getattr(scheduler, "alphas_cumprod", None) is None and hasattr(scheduler, "scale_noise")
+
+
+def flow_sigma(scheduler, timestep) -> torch.Tensor:
+    """σ of a flow scheduler's `timestep` (diffusers calls flow models with t = σ · num_train_timesteps), float64 on
+    the CPU, of `timestep`'s shape. Raises a `ValueError` outside [0, num_train_timesteps]."""
+    num_train_timesteps = scheduler.config.num_train_timesteps
+    t = torch.as_tensor(timestep, dtype=torch.float64).cpu()
+    if torch.any(t < 0) or torch.any(t > num_train_timesteps):
+        raise ValueError(f"timestep {timestep} is outside the flow scheduler's range [0, {num_train_timesteps}].")
+    return t / num_train_timesteps
+
+
+def flow_log_snr(sigma) -> torch.Tensor:
+    """λ = 2 log((1 − σ) / σ) of flow noise level σ (float64; −inf at σ = 1, +inf at σ = 0; docs/math.md §10)."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return 2 * (torch.log1p(-sigma) - torch.log(sigma))
+
+
+def flow_sigma_from_log_snr(log_snr) -> torch.Tensor:
+    """The flow noise level σ = 1 / (1 + e^{λ/2}) at log-SNR λ (the inverse of `flow_log_snr`), float64."""
+    return torch.sigmoid(-torch.as_tensor(log_snr, dtype=torch.float64) / 2)
+
+
+def flow_vp_scale(sigma) -> torch.Tensor:
+    """c = √((1 − σ)² + σ²): x_σ / c is the VP-scaled sample at the same log-SNR (docs/math.md §10), float64."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    return torch.sqrt((1 - sigma) ** 2 + sigma**2)
+
+
 def _training_log_snr(scheduler) -> torch.Tensor:
     alphas_cumprod = getattr(scheduler, "alphas_cumprod", None)
     if alphas_cumprod is None:
         raise ValueError(
             f"scheduler {type(scheduler).__name__} has no `alphas_cumprod`: ScoreVAE needs a scheduler of a "
             "variance-preserving (DDPM-family) training schedule, e.g. DDPMScheduler, DDIMScheduler, "
-            "DPMSolverMultistepScheduler or EulerDiscreteScheduler."
+            "DPMSolverMultistepScheduler or EulerDiscreteScheduler, or a flow-matching one "
+            "(FlowMatchEulerDiscreteScheduler, FlowMatchHeunDiscreteScheduler)."
         )
     return log_snr_from_alphas_cumprod(torch.as_tensor(alphas_cumprod))
 
@@ -54,9 +95,12 @@ def scheduler_log_snr(scheduler, timestep) -> torch.Tensor:
 
     Integer timesteps index the training schedule `scheduler.alphas_cumprod` exactly. Float timesteps (sigma-based
     schedulers such as Euler, Heun, KDPM2, LMS) are interpolated linearly in λ = −2 log σ_ve, the inverse of the
-    log-sigma interpolation by which those schedulers map a noise level to a timestep. Returns a float64 tensor of
+    log-sigma interpolation by which those schedulers map a noise level to a timestep. Flow-matching schedulers
+    (`is_flow_scheduler`) give λ = 2 log((1 − σ) / σ) at σ = t / num_train_timesteps. Returns a float64 tensor of
     the shape of `timestep`.
     """
+    if is_flow_scheduler(scheduler):
+        return flow_log_snr(flow_sigma(scheduler, timestep))
     table = _training_log_snr(scheduler)
     t = torch.as_tensor(timestep, dtype=torch.float64).cpu()
     if getattr(scheduler.config, "timestep_type", "discrete") == "continuous":
@@ -168,15 +212,19 @@ def log_snr_range_to_config(value) -> list | None:
     return [None if math.isinf(value[0]) else value[0], None if math.isinf(value[1]) else value[1]]
 
 
-def guided_steps(log_snr, guidance_log_snr_range=None) -> torch.Tensor:
+def guided_steps(log_snr, guidance_log_snr_range=None, zero_snr: bool = False) -> torch.Tensor:
     """Where the encoder term applies (a bool tensor of `log_snr`'s shape): the one step rule of decoding, inversion
     and training (docs/math.md §3).
 
     A step is guided when its log-SNR λ is finite (at zero terminal SNR, ᾱ_T = 0, x_T is pure noise and says nothing
-    about z) and lies in the closed range `guidance_log_snr_range = (low, high)` (`None`: every finite λ).
+    about z) and lies in the closed range `guidance_log_snr_range = (low, high)` (`None`: every finite λ). With
+    `zero_snr=True` (flow priors, whose velocity term has a finite limit at σ = 1, docs/math.md §10) λ = −∞ is
+    guided too when the range's low end is −∞ (or there is no range).
     """
     log_snr = torch.as_tensor(log_snr)
     guided = torch.isfinite(log_snr)
+    if zero_snr:
+        guided = guided | (log_snr == -math.inf)
     if guidance_log_snr_range is not None:
         low, high = guidance_log_snr_range
         guided = guided & (log_snr >= low) & (log_snr <= high)
@@ -292,6 +340,98 @@ def guided_epsilon(
         score = encoder_score(encoder, sample, log_snr.float(), latent_codes).float()
     epsilon = guide_epsilon(epsilon, score, sigma, log_snr, guidance_scale, guidance_log_snr_range)
     return epsilon, variance
+
+
+# the sampling distance from σ = 1 at which the velocity term's limit there is extrapolated (`flow_encoder_term`)
+FLOW_LIMIT_DELTA = 1e-3
+
+
+def flow_to_vp(sample: torch.Tensor, sigma) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The VP view of a flow sample x_σ (docs/math.md §10): `(x_vp, λ, α, σ_vp)` with x_vp = x_σ / c,
+    α = (1 − σ) / c, σ_vp = σ / c, c = √((1 − σ)² + σ²). `sigma` is a scalar or `[B]`; x_vp has `sample`'s dtype,
+    the others are float64."""
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+    c = flow_vp_scale(sigma)
+    x_vp = sample / append_dims(c, sample.ndim).to(sample.device, sample.dtype)
+    return x_vp, flow_log_snr(sigma), (1 - sigma) / c, sigma / c
+
+
+def velocity_to_epsilon(velocity: torch.Tensor, sample: torch.Tensor, sigma) -> torch.Tensor:
+    """ε̂ = x_σ + (1 − σ) v̂ from a flow model's velocity v̂ ≈ ε − x_0 at x_σ = `sample` (`sigma` scalar or `[B]`)."""
+    sigma = append_dims(torch.as_tensor(sigma, dtype=torch.float64), sample.ndim).to(sample.device, sample.dtype)
+    return sample + (1 - sigma) * velocity
+
+
+def flow_encoder_term(
+    encoder, sample: torch.Tensor, sigma, latent_codes: torch.Tensor, delta: float = FLOW_LIMIT_DELTA
+) -> torch.Tensor:
+    """σ / (1 − σ) · ∇_{x_σ} log q_φ(z | x_σ / c, λ): what the encoder term subtracts (times γ) from a flow model's
+    velocity (docs/math.md §10). The canonical encoder is called with the VP-scaled sample x_σ / c and λ, so one
+    encoder serves every prior family; the chain rule through x_σ / c divides its score by c.
+
+    At σ = 1 (λ = −∞) the score vanishes while σ / (1 − σ) diverges; the product has a finite limit, which is
+    extrapolated from σ = 1 − δ and 1 − 2δ (Richardson: 2 F(1 − δ) − F(1 − 2δ), error O(δ²)), the sample in hand taken
+    as the sample at those levels. `sigma` is a scalar or `[B]` in [0, 1]; returns float32 of `sample`'s shape.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64)
+
+    def term(level):
+        x_vp, log_snr, _, _ = flow_to_vp(sample.float(), level)
+        score = encoder_score(encoder, x_vp, log_snr.float(), latent_codes).float()
+        factor = level / ((1 - level) * flow_vp_scale(level))
+        return append_dims(factor, sample.ndim).to(sample.device, torch.float32) * score
+
+    at_one = sigma >= 1
+    if not bool(at_one.any()):
+        return term(sigma)
+    near = term(torch.where(at_one, torch.full_like(sigma, 1 - delta), sigma))
+    nearer = term(torch.where(at_one, torch.full_like(sigma, 1 - 2 * delta), sigma))
+    limit = 2 * near - nearer
+    return torch.where(append_dims(at_one, sample.ndim).to(sample.device), limit, near)
+
+
+def guide_velocity(
+    velocity: torch.Tensor,
+    term: torch.Tensor | None,
+    log_snr: torch.Tensor,
+    guidance_scale: float,
+    guidance_log_snr_range=None,
+) -> torch.Tensor:
+    """The guidance term for flow priors (docs/math.md §10): v̂_cond = v̂ − γ σ / (1 − σ) ∇_{x_σ} log q_φ(z | x_σ) at
+    the steps `guided_steps(..., zero_snr=True)` selects, v̂ elsewhere; `term` is `flow_encoder_term`'s output
+    (`None` when nothing is guided). The same shift as `guide_epsilon` in ε-space: ε̂_cond = ε̂ − γ σ_vp ∇ log q."""
+    guided = guided_steps(log_snr, guidance_log_snr_range, zero_snr=True)
+    if guidance_scale == 0 or not bool(guided.any()):
+        return velocity
+    if term is None:
+        raise ValueError("guide_velocity needs the encoder term at the guided steps; got term=None.")
+    shift = (guidance_scale * term).to(velocity.dtype)
+    if bool(guided.all()):
+        return velocity - shift
+    mask = append_dims(guided.to(velocity.device), velocity.ndim)
+    return velocity - torch.where(mask, shift, torch.zeros_like(shift))
+
+
+def guided_velocity(
+    unet,
+    encoder,
+    scheduler,
+    sample: torch.Tensor,
+    timesteps: torch.Tensor,
+    latent_codes: torch.Tensor | None,
+    guidance_scale: float,
+    guidance_log_snr_range=None,
+) -> torch.Tensor:
+    """v̂_cond of a flow prior (docs/math.md §10) at float `timesteps` `[N]` (σ · num_train_timesteps) of the flow
+    `scheduler`, by the decode's own rule (`guided_steps`, `guide_velocity`): the UNet's velocity minus
+    γ σ / (1 − σ) ∇_{x_σ} log q_φ(z | x_σ). `sample` is x_σ `[N, C, H, W]` (flow scale). Returns float32."""
+    velocity = unet(sample, timesteps).sample.float()
+    sigma = flow_sigma(scheduler, timesteps)
+    log_snr = flow_log_snr(sigma)
+    term = None
+    if guidance_scale > 0 and bool(guided_steps(log_snr, guidance_log_snr_range, zero_snr=True).any()):
+        term = flow_encoder_term(encoder, sample, sigma, latent_codes)
+    return guide_velocity(velocity, term, log_snr, guidance_scale, guidance_log_snr_range)
 
 
 def continuous_noise_rate(scheduler, timesteps: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,12 @@ and the UNet models those latents (4x8x8 for the default autoencoder). `output_d
 `ScoreVAEPipeline.from_pretrained(output_dir, encoder=...)`, `hub.load_latent_prior` and
 `train_scorevae_encoder.py --pretrained_model_name_or_path` load.
 
+With `--flow_matching` the prior is a rectified flow trained by diffusers' SD3 recipe: σ drawn by
+`--weighting_scheme` (`none`: uniform; `logit_normal`; `mode`), x_σ = (1 − σ) x_0 + σ ε, the UNet called with the
+float timestep σ · num_train_timesteps and regressed on the velocity ε − x_0; the folder's scheduler is then a
+`FlowMatchEulerDiscreteScheduler` (`--shift`). `--init_unet` may start it from a prior of the other family (e.g. the
+bundled DDPM prior): only the UNet's architecture must match, and the weights are a starting point.
+
 `output_dir` ends up a `DDPMPipeline` folder (`unet/`, `scheduler/`, `model_index.json`, safetensors; the EMA weights
 with `--use_ema`) next to `checkpoint/` and `train_log.jsonl`. The run can be killed at any moment: the same command
 continues from `output_dir/checkpoint` (model, EMA, optimizer, learning rate, step, random states), which is replaced
@@ -32,9 +38,13 @@ import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import set_seed
-from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDPMPipeline, DDPMScheduler, FlowMatchEulerDiscreteScheduler, UNet2DModel
 from diffusers.optimization import get_scheduler
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import (
+    EMAModel,
+    compute_density_for_timestep_sampling,
+    compute_loss_weighting_for_sd3,
+)
 
 from diffusers_scorevae.data import (
     FASHION_MNIST_DIR,
@@ -101,6 +111,23 @@ def parse_args(input_args=None):
     parser.add_argument(
         "--prediction_type", type=str, default="epsilon", choices=["epsilon", "v_prediction", "sample"]
     )
+    parser.add_argument(
+        "--flow_matching",
+        action="store_true",
+        help="Train a flow-matching prior (target ε − x_0, FlowMatchEulerDiscreteScheduler) instead of a DDPM one; "
+        "--beta_schedule and --prediction_type do not apply.",
+    )
+    parser.add_argument(
+        "--weighting_scheme",
+        type=str,
+        default="none",
+        choices=["none", "logit_normal", "mode"],
+        help="With --flow_matching: how σ is drawn (diffusers' SD3 recipe); 'none' is uniform.",
+    )
+    parser.add_argument("--logit_mean", type=float, default=0.0, help="Mean of the 'logit_normal' scheme.")
+    parser.add_argument("--logit_std", type=float, default=1.0, help="Std of the 'logit_normal' scheme.")
+    parser.add_argument("--mode_scale", type=float, default=1.29, help="Scale of the 'mode' scheme.")
+    parser.add_argument("--shift", type=float, default=1.0, help="With --flow_matching: the scheduler's `shift`.")
     # optimization
     parser.add_argument("--train_batch_size", type=int, default=128)
     parser.add_argument("--num_epochs", type=int, default=100)
@@ -165,7 +192,7 @@ def parse_args(input_args=None):
 
 def diffusion_loss(noise_scheduler, model_output, clean_images, noise, timesteps):
     """Mean squared error between the UNet output and the target its `prediction_type` names."""
-    prediction_type = noise_scheduler.config.prediction_type
+    prediction_type = getattr(noise_scheduler.config, "prediction_type", "epsilon")
     if prediction_type == "epsilon":
         target = noise
     elif prediction_type == "v_prediction":
@@ -177,6 +204,42 @@ def diffusion_loss(noise_scheduler, model_output, clean_images, noise, timesteps
             f"`prediction_type` must be one of 'epsilon', 'v_prediction' or 'sample', got {prediction_type!r}."
         )
     return F.mse_loss(model_output.float(), target.float())
+
+
+def flow_matching_batch(noise_scheduler, clean_images, noise, args, generator):
+    """One batch of diffusers' SD3 flow-matching recipe: σ drawn by `args.weighting_scheme` on the scheduler's
+    training grid, x_σ = (1 − σ) x_0 + σ ε, the float timesteps σ · num_train_timesteps the UNet is called with, the
+    target velocity ε − x_0 and the per-sample loss weights. Returns `(noisy, timesteps, target, weights)`."""
+    u = compute_density_for_timestep_sampling(
+        args.weighting_scheme,
+        len(clean_images),
+        logit_mean=args.logit_mean,
+        logit_std=args.logit_std,
+        mode_scale=args.mode_scale,
+        device=clean_images.device,
+        generator=generator,
+    )
+    indices = (u * noise_scheduler.config.num_train_timesteps).long().clamp(max=len(noise_scheduler.sigmas) - 1)
+    sigmas = noise_scheduler.sigmas.to(clean_images.device)[indices]
+    timesteps = noise_scheduler.timesteps.to(clean_images.device)[indices]
+    sigma = sigmas[:, None, None, None]
+    noisy = (1.0 - sigma) * clean_images + sigma * noise
+    weights = compute_loss_weighting_for_sd3(args.weighting_scheme, sigmas)
+    return noisy, timesteps, noise - clean_images, weights
+
+
+def make_noise_scheduler(args, latent: bool):
+    """The training scheduler: DDPM (`--beta_schedule`, `--prediction_type`) or, with `--flow_matching`,
+    `FlowMatchEulerDiscreteScheduler` (`--shift`)."""
+    if args.flow_matching:
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=args.num_train_timesteps, shift=args.shift)
+    return DDPMScheduler(
+        num_train_timesteps=args.num_train_timesteps,
+        beta_schedule=args.beta_schedule,
+        prediction_type=args.prediction_type,
+        # latents are not confined to [-1, 1] as pixels are: sampling must not clip the predicted x_0 to it
+        **({"clip_sample": False} if latent else {}),
+    )
 
 
 def atomic_replace(src, dst):
@@ -285,21 +348,21 @@ def main(args):
         attention_head_dim=args.attention_head_dim,
         norm_num_groups=args.norm_num_groups,
     )
-    noise_scheduler = DDPMScheduler(
-        num_train_timesteps=args.num_train_timesteps,
-        beta_schedule=args.beta_schedule,
-        prediction_type=args.prediction_type,
-        # latents are not confined to [-1, 1] as pixels are: sampling must not clip the predicted x_0 to it
-        **({"clip_sample": False} if vae is not None else {}),
-    )
+    noise_scheduler = make_noise_scheduler(args, latent=vae is not None)
+    scheduler_cls = type(noise_scheduler)
     logger.info(f"UNet2DModel: {sum(p.numel() for p in model.parameters()):,} parameters, {height}x{width}")
     if resume:
         saved = UNet2DModel.from_pretrained(os.path.join(checkpoint_dir, "unet"))
         check_same_config(model, saved.config, "UNet")
         model.load_state_dict(saved.state_dict())
-        check_same_config(
-            noise_scheduler, DDPMScheduler.load_config(os.path.join(checkpoint_dir, "scheduler")), "scheduler"
-        )
+        saved_scheduler = scheduler_cls.load_config(os.path.join(checkpoint_dir, "scheduler"))
+        if saved_scheduler.get("_class_name") != scheduler_cls.__name__:
+            raise ValueError(
+                f"The checkpoint in {checkpoint_dir} trained a {saved_scheduler.get('_class_name')} prior, the "
+                f"arguments ask for a {scheduler_cls.__name__} one (--flow_matching): resume with the original "
+                "arguments, or use a new `--output_dir`."
+            )
+        check_same_config(noise_scheduler, saved_scheduler, "scheduler")
     init_steps = 0
     if args.init_unet is not None and not resume:
         init_folder = args.init_unet
@@ -312,8 +375,16 @@ def main(args):
         saved = UNet2DModel.from_pretrained(unet_folder)
         check_same_config(model, saved.config, "--init_unet UNet")
         model.load_state_dict({key: value.float() for key, value in saved.state_dict().items()})
+        init_scheduler = None
         if scheduler_folder is not None and os.path.isdir(scheduler_folder):
-            check_same_config(noise_scheduler, DDPMScheduler.load_config(scheduler_folder), "--init_unet scheduler")
+            init_scheduler = scheduler_cls.load_config(scheduler_folder)
+        if init_scheduler is not None and init_scheduler.get("_class_name") == scheduler_cls.__name__:
+            check_same_config(noise_scheduler, init_scheduler, "--init_unet scheduler")
+        elif init_scheduler is not None:
+            logger.info(
+                f"--init_unet was trained with a {init_scheduler.get('_class_name')}, this run trains a "
+                f"{scheduler_cls.__name__} prior: its weights are only a starting point"
+            )
         log_path = os.path.join(init_folder, "train_log.jsonl")
         if os.path.isfile(log_path):
             with open(log_path) as f:
@@ -458,15 +529,22 @@ def main(args):
                 flip = torch.rand(len(indices), device=device, generator=generator) < 0.5
                 clean_images = torch.where(flip[:, None, None, None], clean_images.flip(-1), clean_images)
 
-            # forward diffusion: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε at uniformly drawn timesteps
             noise = torch.randn(clean_images.shape, device=device, generator=generator)
-            timesteps = torch.randint(
-                0, noise_scheduler.config.num_train_timesteps, (len(indices),), device=device, generator=generator
-            )
-            noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
-
-            model_output = model(noisy_images, timesteps).sample
-            loss = diffusion_loss(noise_scheduler, model_output, clean_images, noise, timesteps)
+            if args.flow_matching:
+                # flow matching: x_σ = (1 − σ) x_0 + σ ε, the UNet called with σ · T (a float tensor), target ε − x_0
+                noisy_images, timesteps, target, weights = flow_matching_batch(
+                    noise_scheduler, clean_images, noise, args, generator
+                )
+                model_output = model(noisy_images, timesteps).sample
+                loss = (weights[:, None, None, None] * (model_output.float() - target.float()) ** 2).mean()
+            else:
+                # forward diffusion: x_t = √ᾱ_t x_0 + √(1 − ᾱ_t) ε at uniformly drawn timesteps
+                timesteps = torch.randint(
+                    0, noise_scheduler.config.num_train_timesteps, (len(indices),), device=device, generator=generator
+                )
+                noisy_images = noise_scheduler.add_noise(clean_images, noise, timesteps)
+                model_output = model(noisy_images, timesteps).sample
+                loss = diffusion_loss(noise_scheduler, model_output, clean_images, noise, timesteps)
             accelerator.backward(loss)
             accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()

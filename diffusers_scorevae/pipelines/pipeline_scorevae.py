@@ -28,13 +28,19 @@ from ..autoencoders import (
 )
 from ..bound import DiffusionBound, check_8bit, diffusion_bound, nats_to_bits_per_dim
 from ..hub.mixins import ScoreVAEPipelineHubMixin
-from ..inversion import ddim_invert, inversion_scheduler
+from ..inversion import ddim_invert, flow_invert, inversion_scheduler
 from ..models.encoder import ScoreVAEEncoder, check_decode_settings
 from ..noise import (
     encoder_score,
+    flow_encoder_term,
+    flow_log_snr,
+    flow_sigma,
+    guide_velocity,
     guided_epsilon,
     guided_model_output,
     guided_steps,
+    guided_velocity,
+    is_flow_scheduler,
     kl_to_standard_normal,
     log_snr_range,
     scheduler_log_snr,
@@ -528,14 +534,25 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             if not torch.isfinite(latents).all():
                 raise ValueError("latents contains NaN or infinite values.")
             latents = latents.to(device=device, dtype=dtype)
-        return latents * (scheduler or self.scheduler).init_noise_sigma
+        return latents * init_noise_sigma(scheduler or self.scheduler)
 
     def guide(self, model_output, model_input, timestep, latent_codes) -> torch.Tensor:
         """Add the encoder's score to a UNet output: ε̂ − γ σ_t ∇_{x_t} log q_φ(z | x_t, λ_t), in the scheduler's
         `prediction_type` (docs/math.md §3). `model_input` is the VP-scaled sample the UNet saw. At steps
         `noise.guided_steps` does not select (outside `guidance_log_snr_range`, or of zero SNR) the UNet output is
-        returned unchanged and the encoder does not run."""
+        returned unchanged and the encoder does not run.
+
+        With a flow prior the UNet output is the velocity and `model_input` the flow-scale sample x_σ: the result is
+        v̂ − γ σ / (1 − σ) ∇_{x_σ} log q_φ(z | x_σ / c, λ) (docs/math.md §10), the same shift in ε-space, and at σ = 1
+        the term's finite limit (guided when the range's low end is −∞)."""
         scheduler = getattr(self, "_scheduler_in_use", None) or self.scheduler
+        if is_flow_scheduler(scheduler):
+            sigma = flow_sigma(scheduler, timestep)
+            log_snr = flow_log_snr(sigma)
+            if not bool(guided_steps(log_snr, self.guidance_log_snr_range, zero_snr=True).all()):
+                return model_output
+            term = flow_encoder_term(self.encoder, model_input, sigma, latent_codes)
+            return guide_velocity(model_output, term, log_snr, self.guidance_scale)
         log_snr = scheduler_log_snr(scheduler, timestep)
         if not bool(guided_steps(log_snr, self.guidance_log_snr_range).all()):
             return model_output
@@ -715,6 +732,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         timesteps, num_inference_steps = retrieve_timesteps(
             scheduler, num_inference_steps, device, timesteps=timesteps, sigmas=sigmas
         )
+        flow = is_flow_scheduler(scheduler)
+        if flow:
+            check_flow_timesteps(scheduler)
         if realism < 1:
             timesteps = self.get_timesteps(scheduler, num_inference_steps, self.realism_strength(realism))
         self._num_timesteps = len(timesteps)
@@ -727,14 +747,14 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             latent_shape = (batch_size, self.encoder.config.latent_dim)
             latent_codes = randn_tensor(latent_shape, generator=generator, device=device, dtype=self.encoder.dtype)
         if realism < 1:
-            latents = self.prepare_start(latent_codes, latents / scheduler.init_noise_sigma, timesteps, scheduler)
+            latents = self.prepare_start(latent_codes, latents / init_noise_sigma(scheduler), timesteps, scheduler)
 
         # 5. denoising loop: UNet, encoder term, scheduler step
         for i, t in enumerate(self.progress_bar(timesteps)):
             if self.interrupt:
                 continue
-            model_input = scheduler.scale_model_input(latents, t)
-            model_output = self.unet(model_input, t).sample
+            model_input = latents if flow else scheduler.scale_model_input(latents, t)
+            model_output = self.unet(model_input, t).sample  # a flow prior's t: σ · num_train_timesteps (float)
             if guidance_scale > 0:
                 model_output = self.guide(model_output, model_input, t, latent_codes)
             latents = scheduler.step(model_output, t, latents, **extra_step_kwargs).prev_sample
@@ -775,11 +795,13 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
 
     def prepare_start(self, latent_codes, noise, timesteps, scheduler) -> torch.Tensor:
         """The start of a decode at realism < 1: the encoder's mean estimate x̂_0 = E[x_0 | z] (its mean decoder),
-        noised to the first of `timesteps` by `scheduler.add_noise` with `noise` ~ N(0, I); x̂_0 itself when no step
-        is left (realism 0)."""
+        noised to the first of `timesteps` by `scheduler.add_noise` with `noise` ~ N(0, I) (a flow prior's
+        `scheduler.scale_noise`: (1 − σ) x̂_0 + σ ε); x̂_0 itself when no step is left (realism 0)."""
         mean = self.encoder.decode(latent_codes).to(noise.dtype)
         if len(timesteps) == 0:
             return mean
+        if is_flow_scheduler(scheduler):
+            return scheduler.scale_noise(mean, timesteps[:1].repeat(mean.shape[0]), noise)
         return scheduler.add_noise(mean, noise, timesteps[:1].repeat(mean.shape[0]))
 
     @torch.no_grad()
@@ -857,7 +879,8 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 f"{sample.shape[0]} images but {latent_codes.shape[0]} latent_codes; pass one code per image."
             )
 
-        # 3. the decode's DDIM steps in reverse, each solved for x_t with the conditional noise prediction
+        # 3. the decode's DDIM steps (a flow prior's Euler steps) in reverse, each solved for x_t with the conditional
+        #    noise prediction (velocity)
         def epsilon_fn(x, t):
             timesteps = t.to(x.device).expand(x.shape[0])
             x = x.to(self.unet.dtype)
@@ -866,10 +889,17 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             )
             return epsilon
 
-        latents = ddim_invert(
-            epsilon_fn, sample, scheduler, num_inference_steps, num_fixed_point_iterations, self.progress_bar
-        )
-        latents = (latents / scheduler.init_noise_sigma).to(self.unet.dtype)
+        def velocity_fn(x, t):
+            timesteps = t.to(x.device).expand(x.shape[0])
+            x = x.to(self.unet.dtype)
+            return guided_velocity(
+                self.unet, self.encoder, scheduler, x, timesteps, latent_codes, guidance_scale, guidance_log_snr_range
+            )
+
+        invert = flow_invert if is_flow_scheduler(scheduler) else ddim_invert
+        model_fn = velocity_fn if is_flow_scheduler(scheduler) else epsilon_fn
+        latents = invert(model_fn, sample, scheduler, num_inference_steps, num_fixed_point_iterations, self.progress_bar)
+        latents = (latents / init_noise_sigma(scheduler)).to(self.unet.dtype)
         self.maybe_free_model_hooks()
         # x_T of a converged inversion looks like N(0, I) noise: per-image std ≈ 1 (± a few % for image-sized tensors)
         stds = latents.float().flatten(1).std(dim=1)
@@ -973,6 +1003,13 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         return nats_to_bits_per_dim(nats, math.prod(self.image_shape))
 
     def _check_bound_inputs(self, image, generator, batch_size, num_sampled_timesteps) -> torch.Tensor:
+        if is_flow_scheduler(self.scheduler):
+            raise ValueError(
+                f"bits_per_dim / prior_bits_per_dim compute the DDPM variational bound over the T discrete steps of a "
+                f"variance-preserving training schedule (`alphas_cumprod`), but this pipeline's prior is a flow-matching "
+                f"model ({type(self.scheduler).__name__}): it has no such discrete-time bound, and none is computed. "
+                "Use a DDPM-family prior for the bound."
+            )
         if getattr(self, "vae", None) is not None:
             raise ValueError(
                 f"bits_per_dim / prior_bits_per_dim bound the likelihood of 8-bit pixel data (a discretised decoder "
@@ -1013,9 +1050,56 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
 SUPPORTED_PRIORS = (
     "an unconditional UNet2DModel (num_class_embeds=None, class_embed_type=None, time_embedding_type not "
     "'fourier') that predicts epsilon, v or the sample, with a variance-preserving diffusers scheduler that has "
-    "`alphas_cumprod` (DDPM, DDIM, PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, KDPM2, LMS, ...), in pixel space or "
-    "over the latents of a VQModel / AutoencoderKL (`vae=`)"
+    "`alphas_cumprod` (DDPM, DDIM, PNDM, DPM-Solver, UniPC, DEIS, Euler, Heun, KDPM2, LMS, ...), or one that predicts "
+    "the flow-matching velocity with FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler, in pixel "
+    "space or over the latents of a VQModel / AutoencoderKL (`vae=`)"
 )
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+
+
+def init_noise_sigma(scheduler) -> float:
+    """The scale of a scheduler's initial noise (`init_noise_sigma`; flow schedulers start from N(0, I): 1)."""
+    return getattr(scheduler, "init_noise_sigma", 1.0)
+
+
+def check_flow_scheduler(scheduler: SchedulerMixin):
+    """Raise a `ValueError` for a flow-matching scheduler the pipeline cannot guide exactly (docs/math.md §10): a class
+    other than `FLOW_SCHEDULERS`, resolution-dependent `use_dynamic_shifting` (the pipeline passes no `mu`),
+    `stochastic_sampling` (its step replaces x_σ by fresh noise around x̂_0: no longer the flow ODE the score shift
+    is derived for) and `invert_sigmas` (timesteps that are not σ · num_train_timesteps)."""
+    name = type(scheduler).__name__
+    if name not in FLOW_SCHEDULERS:
+        raise ValueError(
+            f"scheduler is a {name}, a flow-matching scheduler whose step the pipeline cannot guide exactly; use one "
+            f"of {FLOW_SCHEDULERS} (e.g. `FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)`)."
+        )
+    config = scheduler.config
+    refused = {
+        "use_dynamic_shifting": "resolution-dependent shifting needs `mu`, which this pipeline does not take: set "
+        "use_dynamic_shifting=False and a fixed `shift`",
+        "stochastic_sampling": "its step draws x at the next level as fresh noise around x̂_0, which is not the flow "
+        "ODE the encoder term is derived for: set stochastic_sampling=False",
+        "invert_sigmas": "its timesteps are not σ · num_train_timesteps: set invert_sigmas=False",
+    }
+    for key, reason in refused.items():
+        if config.get(key):
+            raise ValueError(f"scheduler {name} has {key}=True, which ScoreVAEPipeline does not support: {reason}.")
+
+
+def check_flow_timesteps(scheduler: SchedulerMixin):
+    """Raise a `ValueError` unless every timestep of a flow scheduler (set already) is σ · num_train_timesteps of the
+    σ its step uses: custom `timesteps` passed without their `sigmas` break it (diffusers warns), and the encoder
+    term would be taken at the wrong noise level."""
+    sigmas = scheduler.sigmas[:-1].to(scheduler.timesteps.device)  # Heun's too: both hold each inner level twice
+    expected = sigmas.float() * scheduler.config.num_train_timesteps
+    if expected.shape != scheduler.timesteps.shape or not torch.allclose(
+        scheduler.timesteps.float(), expected, rtol=1e-4, atol=1e-3
+    ):
+        raise ValueError(
+            f"The flow scheduler's timesteps {scheduler.timesteps.tolist()} are not σ · num_train_timesteps of its "
+            f"sigmas {scheduler.sigmas.tolist()} (custom `timesteps` without `sigmas`?): pass `sigmas` instead, so that "
+            "the encoder term is taken at the noise level each step uses."
+        )
 
 
 def check_prior(unet: UNet2DModel, scheduler: SchedulerMixin):
@@ -1039,6 +1123,17 @@ def check_prior(unet: UNet2DModel, scheduler: SchedulerMixin):
             "unet has time_embedding_type='fourier': a variance-exploding score model (as google/ncsnpp-*, whose "
             "UNet2DModel divides its output by the noise level sigma and returns the score, not a noise prediction), "
             f"which this pipeline does not support. Supported: {SUPPORTED_PRIORS}."
+        )
+    if is_flow_scheduler(scheduler):
+        check_flow_scheduler(scheduler)
+        return
+    flow_config = {key: scheduler.config.get(key) for key in ("use_flow_sigmas", "prediction_type")}
+    if flow_config["use_flow_sigmas"] or flow_config["prediction_type"] == "flow_prediction":
+        raise ValueError(
+            f"scheduler is a {type(scheduler).__name__} in flow-sigma mode ({flow_config}): its timesteps follow flow "
+            "sigmas while its `alphas_cumprod` table still follows its betas, so the noise level of a step cannot be "
+            "read from it and the encoder term would be taken at the wrong log-SNR. Decode a flow prior with "
+            "FlowMatchEulerDiscreteScheduler or FlowMatchHeunDiscreteScheduler."
         )
     if getattr(scheduler, "alphas_cumprod", None) is None:
         raise ValueError(
