@@ -47,7 +47,6 @@ A flow prior's deterministic decode is Euler on the velocity, x_{i+1} = x_i + (�
 fixed-point iterations x_i ← x_{i+1} − (σ_{i+1} − σ_i) v̂_cond(x_i, σ_i).
 """
 
-
 from __future__ import annotations
 
 import math

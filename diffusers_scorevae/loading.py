@@ -11,8 +11,10 @@ import torch
 
 from .bundled import BUILDABLE, BUNDLED, pretrained_path
 
-# Scheduler types the command, the app and the benchmarks can switch a pipeline to (`--scheduler NAME`).
-SCHEDULERS = ("ddpm", "ddim")
+# Scheduler types the command, the app and the benchmarks can switch a pipeline to (`--scheduler NAME`): DDPM-family
+# ones for priors trained on a variance-preserving schedule, flow ones for flow-matching priors.
+SCHEDULERS = ("ddpm", "ddim", "flow_euler", "flow_heun")
+FLOW_SCHEDULER_NAMES = ("flow_euler", "flow_heun")
 
 
 def default_device(name: str | torch.device | None = None) -> torch.device:
@@ -31,10 +33,35 @@ def scheduler_class(name: str):
     """The diffusers scheduler class of a short name in `SCHEDULERS`."""
     import diffusers
 
-    classes = {"ddpm": diffusers.DDPMScheduler, "ddim": diffusers.DDIMScheduler}
+    classes = {
+        "ddpm": diffusers.DDPMScheduler,
+        "ddim": diffusers.DDIMScheduler,
+        "flow_euler": diffusers.FlowMatchEulerDiscreteScheduler,
+        "flow_heun": diffusers.FlowMatchHeunDiscreteScheduler,
+    }
     if name not in classes:
         raise ValueError(f"scheduler {name!r} is not supported here; choose one of {SCHEDULERS}.")
     return classes[name]
+
+
+def switch_scheduler(scheduler, name: str):
+    """`scheduler` rebuilt as the type `name` (one of `SCHEDULERS`) from its config. The prior's family is a property
+    of how its UNet was trained: switching a DDPM-family scheduler to a flow one, or back, is a `ValueError`."""
+    from .noise import is_flow_scheduler
+
+    cls = scheduler_class(name)
+    if is_flow_scheduler(scheduler) != (name in FLOW_SCHEDULER_NAMES):
+        family = "a flow-matching" if is_flow_scheduler(scheduler) else "a DDPM-family (variance-preserving)"
+        allowed = (
+            FLOW_SCHEDULER_NAMES
+            if is_flow_scheduler(scheduler)
+            else tuple(n for n in SCHEDULERS if n not in FLOW_SCHEDULER_NAMES)
+        )
+        raise ValueError(
+            f"scheduler {name!r} cannot drive this prior: it was trained as {family} model "
+            f"({type(scheduler).__name__}); choose one of {allowed}."
+        )
+    return cls.from_config(scheduler.config)
 
 
 def load_pipeline(
@@ -70,7 +97,7 @@ def load_pipeline(
         encoder = ScoreVAEEncoder.from_pretrained(resolve(pipeline), subfolder="encoder")
         pipe = ScoreVAEPipeline.from_pretrained(resolve(prior), encoder=encoder)
     if scheduler is not None:
-        pipe.scheduler = scheduler_class(scheduler).from_config(pipe.scheduler.config)
+        pipe.scheduler = switch_scheduler(pipe.scheduler, scheduler)
     if clip_sample is not None and "clip_sample" in pipe.scheduler.config:
         pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config, clip_sample=clip_sample)
     return pipe.to(default_device(device))

@@ -154,9 +154,9 @@ def epsilon_to_model_output(
 ) -> torch.Tensor:
     """The UNet output of `prediction_type` that corresponds to noise prediction `epsilon` at x_t = `sample`.
 
-        epsilon:       out = ε̂
-        v_prediction:  out = (ε̂ − σ · x_t) / α
-        sample:        out = x̂_0 = (x_t − σ · ε̂) / α
+    epsilon:       out = ε̂
+    v_prediction:  out = (ε̂ − σ · x_t) / α
+    sample:        out = x̂_0 = (x_t − σ · ε̂) / α
     """
     alpha, sigma = append_dims(torch.as_tensor(alpha), sample.ndim), append_dims(torch.as_tensor(sigma), sample.ndim)
     if prediction_type == "epsilon":

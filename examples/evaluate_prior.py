@@ -3,7 +3,8 @@
 
     python examples/evaluate_prior.py --pipeline runs/prior --classifier runs/classifier --output_dir runs/prior_eval
 
-`--pipeline` is a `DDPMPipeline` folder (or any folder with `unet/` and `scheduler/`); `--classifier` a
+`--pipeline` is a `DDPMPipeline` folder (or any folder with `unet/` and `scheduler/`; a flow-matching prior's scheduler
+is a `FlowMatchEulerDiscreteScheduler`, sampled with Euler or `--scheduler flow_heun`); `--classifier` a
 `FashionMNISTClassifier` folder (`examples/train_classifier.py`). Writes `metrics.json` and an 8x8 `samples.png`.
 The Fréchet distance uses the classifier's penultimate features (FID's formula, not Inception features): compare it
 with `fd_train_vs_test`, the same distance between 10,000 training images and the test set.
@@ -14,9 +15,10 @@ import json
 import os
 import time
 
+import diffusers
 import numpy as np
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import DDIMPipeline, DDPMPipeline, UNet2DModel
 from PIL import Image
 
 from diffusers_scorevae.data import (
@@ -25,9 +27,10 @@ from diffusers_scorevae.data import (
     load_fashion_mnist,
     load_fashion_mnist_from_hub,
 )
-from diffusers_scorevae.loading import SCHEDULERS
+from diffusers_scorevae.loading import FLOW_SCHEDULER_NAMES, SCHEDULERS, switch_scheduler
 from diffusers_scorevae.metrics import classifier_features, frechet_distance, sharpness
 from diffusers_scorevae.models.classifier import FashionMNISTClassifier
+from diffusers_scorevae.noise import is_flow_scheduler
 
 # scheduler settings that change what a sampler produces; recorded in metrics.json as they are, never overridden
 RECORDED_SCHEDULER_KEYS = (
@@ -41,6 +44,7 @@ RECORDED_SCHEDULER_KEYS = (
     "variance_type",
     "set_alpha_to_one",
     "steps_offset",
+    "shift",
 )
 
 
@@ -53,9 +57,16 @@ def parse_args(input_args=None):
         "--num_inference_steps",
         type=int,
         default=None,
-        help="Sampling steps; defaults to the training timesteps for ddpm and 100 for ddim.",
+        help="Sampling steps; defaults to the training timesteps for ddpm, 100 for ddim and 50 for the flow ones.",
     )
-    parser.add_argument("--scheduler", type=str, default="ddpm", choices=SCHEDULERS)
+    parser.add_argument(
+        "--scheduler",
+        type=str,
+        default=None,
+        choices=SCHEDULERS,
+        help="Sampler, built from the prior's scheduler config (default: ddpm for DDPM-family priors, flow_euler for "
+        "flow-matching ones).",
+    )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic).")
     parser.add_argument(
         "--clip_sample",
@@ -102,16 +113,24 @@ def main(args):
 
     # 1. models: the prior as saved, with the requested sampler built from its scheduler config
     unet = UNet2DModel.from_pretrained(args.pipeline, subfolder="unet").to(device)
-    train_scheduler = DDPMScheduler.from_pretrained(args.pipeline, subfolder="scheduler")
+    with open(os.path.join(args.pipeline, "scheduler", "scheduler_config.json")) as f:
+        scheduler_config = json.load(f)
+    saved_scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
+    args.scheduler = args.scheduler or ("flow_euler" if is_flow_scheduler(saved_scheduler) else "ddpm")
+    train_scheduler = switch_scheduler(saved_scheduler, args.scheduler)
     if args.clip_sample is not None:
-        train_scheduler = DDPMScheduler.from_config(train_scheduler.config, clip_sample=args.clip_sample)
+        if "clip_sample" not in train_scheduler.config:
+            raise ValueError(f"--clip_sample: {type(train_scheduler).__name__} has no x̂_0 clipping.")
+        train_scheduler = type(train_scheduler).from_config(train_scheduler.config, clip_sample=args.clip_sample)
     if args.scheduler == "ddim":
-        pipeline = DDIMPipeline(unet=unet, scheduler=DDIMScheduler.from_config(train_scheduler.config))
+        pipeline = DDIMPipeline(unet=unet, scheduler=train_scheduler)
         num_inference_steps = args.num_inference_steps or 100
         sample_kwargs = {"eta": args.eta}
     else:
+        # DDPMPipeline's loop (UNet at scheduler.timesteps, then scheduler.step) samples flow schedulers too
         pipeline = DDPMPipeline(unet=unet, scheduler=train_scheduler)
-        num_inference_steps = args.num_inference_steps or train_scheduler.config.num_train_timesteps
+        default_steps = 50 if args.scheduler in FLOW_SCHEDULER_NAMES else train_scheduler.config.num_train_timesteps
+        num_inference_steps = args.num_inference_steps or default_steps
         sample_kwargs = {}
     pipeline.set_progress_bar_config(disable=True)
     classifier = FashionMNISTClassifier.from_pretrained(args.classifier).to(device).eval()
@@ -156,7 +175,7 @@ def main(args):
         "num_samples": args.num_samples,
         "steps": num_inference_steps,
         "scheduler": args.scheduler,
-        "clip_sample": bool(pipeline.scheduler.config.clip_sample),
+        "clip_sample": bool(pipeline.scheduler.config.get("clip_sample", False)),
         "eta": args.eta if args.scheduler == "ddim" else None,
         "scheduler_config": {key: scheduler_config[key] for key in RECORDED_SCHEDULER_KEYS if key in scheduler_config},
         "seed": args.seed,

@@ -3,8 +3,8 @@
 
 The closed-form check is §6's problem on the flow path x_σ = (1 − σ) x_0 + σ ε: the UNet's forward is replaced by the
 exact velocity of N(m, s² I), v̂ = (x_σ − E[x_0 | x_σ]) / σ, and the encoder is §6's exact q(z | x_t) in its canonical
-form (VP-scaled input and log-SNR), the very encoder the VP tests use. At γ = 1 the decode must be the flow of the exact
-posterior p(x_0 | z) = N(μ_z, Σ): the same scheduler run on its velocity, trajectory for trajectory (any σ grid,
+form (VP-scaled input and log-SNR), the very encoder the VP tests use. At γ = 1 the decode must be the flow of the
+exact posterior p(x_0 | z) = N(μ_z, Σ): the same scheduler run on its velocity, trajectory for trajectory (any σ grid,
 σ = 1 included, where the encoder term is a limit), and in mean and covariance from σ = 1.
 """
 
@@ -23,7 +23,7 @@ from diffusers import (
     UniPCMultistepScheduler,
 )
 from diffusers.models.unets.unet_2d import UNet2DOutput
-from test_closed_form import D, M, S, SHAPE, GaussianProblem
+from test_closed_form import SHAPE, D, GaussianProblem, M, S
 
 from diffusers_scorevae import ScoreVAEPipeline
 from diffusers_scorevae.models.beta_vae import BetaVAE
@@ -160,7 +160,9 @@ def test_euler_decode_equals_posterior_flow(problem, grid, shift):
     out = pipe(latent_codes=problem.codes(16), latents=latents, output_type="latent", **kwargs).images
     assert torch.isfinite(out).all()
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
-    prior_only = pipe(latent_codes=problem.codes(16), latents=latents, output_type="latent", guidance_scale=0, **kwargs)
+    prior_only = pipe(
+        latent_codes=problem.codes(16), latents=latents, output_type="latent", guidance_scale=0, **kwargs
+    )
     assert (prior_only.images - expected).abs().max() > 0.05
 
 
@@ -193,7 +195,9 @@ def test_decode_from_sigma_one_samples_the_posterior(problem):
     # 2000 decodes of one code through 100 Euler steps from pure noise at σ = 1
     pipe = problem.pipeline(FlowMatchEulerDiscreteScheduler())
     generator = torch.Generator().manual_seed(0)
-    samples = pipe(latent_codes=problem.codes(2000), num_inference_steps=100, generator=generator, output_type="latent")
+    samples = pipe(
+        latent_codes=problem.codes(2000), num_inference_steps=100, generator=generator, output_type="latent"
+    )
     problem.check_samples(samples.images, mean_se=4.0, variance_range=(0.9, 1.1), direction_range=(0.8, 1.2))
 
 
@@ -220,7 +224,9 @@ def flow_pipe(scheduler=None, encoder=None) -> ScoreVAEPipeline:
 
 def test_unguided_decode_is_the_flow_sampler():
     pipe = flow_pipe()
-    ours = pipe(guidance_scale=0, batch_size=2, num_inference_steps=6, generator=torch.manual_seed(0), output_type="np")
+    ours = pipe(
+        guidance_scale=0, batch_size=2, num_inference_steps=6, generator=torch.manual_seed(0), output_type="np"
+    )
     # diffusers' own loop (DDPMPipeline steps any scheduler: UNet called with scheduler.timesteps, then step)
     theirs = DDPMPipeline(unet=pipe.unet, scheduler=FlowMatchEulerDiscreteScheduler())(
         batch_size=2, num_inference_steps=6, generator=torch.manual_seed(0), output_type="np"

@@ -898,7 +898,9 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
 
         invert = flow_invert if is_flow_scheduler(scheduler) else ddim_invert
         model_fn = velocity_fn if is_flow_scheduler(scheduler) else epsilon_fn
-        latents = invert(model_fn, sample, scheduler, num_inference_steps, num_fixed_point_iterations, self.progress_bar)
+        latents = invert(
+            model_fn, sample, scheduler, num_inference_steps, num_fixed_point_iterations, self.progress_bar
+        )
         latents = (latents / init_noise_sigma(scheduler)).to(self.unet.dtype)
         self.maybe_free_model_hooks()
         # x_T of a converged inversion looks like N(0, I) noise: per-image std ≈ 1 (± a few % for image-sized tensors)
@@ -1005,9 +1007,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
     def _check_bound_inputs(self, image, generator, batch_size, num_sampled_timesteps) -> torch.Tensor:
         if is_flow_scheduler(self.scheduler):
             raise ValueError(
-                f"bits_per_dim / prior_bits_per_dim compute the DDPM variational bound over the T discrete steps of a "
-                f"variance-preserving training schedule (`alphas_cumprod`), but this pipeline's prior is a flow-matching "
-                f"model ({type(self.scheduler).__name__}): it has no such discrete-time bound, and none is computed. "
+                "bits_per_dim / prior_bits_per_dim compute the DDPM variational bound over the T discrete steps of a "
+                "variance-preserving training schedule (`alphas_cumprod`), but this pipeline's prior is a "
+                f"flow-matching model ({type(self.scheduler).__name__}): it has no such discrete-time bound, and none "
+                "is computed. "
                 "Use a DDPM-family prior for the bound."
             )
         if getattr(self, "vae", None) is not None:
@@ -1097,8 +1100,8 @@ def check_flow_timesteps(scheduler: SchedulerMixin):
     ):
         raise ValueError(
             f"The flow scheduler's timesteps {scheduler.timesteps.tolist()} are not σ · num_train_timesteps of its "
-            f"sigmas {scheduler.sigmas.tolist()} (custom `timesteps` without `sigmas`?): pass `sigmas` instead, so that "
-            "the encoder term is taken at the noise level each step uses."
+            f"sigmas {scheduler.sigmas.tolist()} (custom `timesteps` without `sigmas`?): pass `sigmas` instead, so "
+            "that the encoder term is taken at the noise level each step uses."
         )
 
 
@@ -1158,4 +1161,3 @@ def check_encoder_matches_unet(encoder: ScoreVAEEncoder, unet: UNet2DModel):
             f"encoder models images of (channels, height, width) = {encoder_shape} but the unet models {unet_shape}; "
             "use an encoder trained for this UNet's image size and channels."
         )
-
