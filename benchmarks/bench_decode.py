@@ -21,7 +21,9 @@ Memory:
 
 `--pipeline NAME|PATH|ID` measures a trained ScoreVAEPipeline instead (e.g. the bundled `fashion-mnist`): its own
 UNet, scheduler and encoder, decoding with the settings saved with it (`pipe.decode_defaults`: steps, guidance scale,
-the log-SNR range of the encoder term, realism) against unconditional sampling with its own prior.
+the log-SNR range of the encoder term, realism) against unconditional sampling with its own prior. `--prior
+NAME|PATH|ID` swaps in another prior (e.g. the bundled flow prior `fashion-mnist-prior-flow`): the pipeline's encoder
+decodes through it, against that prior's own unconditional sampling.
 
 Every decode setting left unset is the pipeline's saved one (the random-weights pipeline saves none: 50 steps, γ 1,
 every step guided); `--num_inference_steps N`, `--guidance_scale G`, `--scheduler ddpm|ddim`, `--every_step` (guide
@@ -30,6 +32,7 @@ given; both modes get it) measure others. Targets: time ratio <= 1.3, memory rat
 
     python benchmarks/bench_decode.py --batch_size 4 --num_inference_steps 10 --device cpu --repeats 3
     python benchmarks/bench_decode.py --pipeline fashion-mnist --batch_size 64
+    python benchmarks/bench_decode.py --pipeline fashion-mnist --prior fashion-mnist-prior-flow --batch_size 64
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ from diffusers import UNet2DModel
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.loading import SCHEDULERS, default_device, load_pipeline, scheduler_class
-from diffusers_scorevae.noise import guided_steps, scheduler_log_snr
+from diffusers_scorevae.noise import guided_steps, is_flow_scheduler, scheduler_log_snr
 from diffusers_scorevae.noise import log_snr_range as log_snr_range_from
 
 EVERY_STEP = (float("-inf"), float("inf"))
@@ -71,6 +74,7 @@ def parse_args(input_args=None):
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--latent_dim", type=int, default=384)
     parser.add_argument("--pipeline", default=None, help="A trained ScoreVAEPipeline: bundled name, folder or Hub id.")
+    parser.add_argument("--prior", default=None, help="Decode --pipeline's encoder through this prior instead.")
     parser.add_argument("--guidance_scale", type=float, default=None, help="Default: the pipeline's saved one.")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--memory_worker", choices=MODES, help=argparse.SUPPRESS)  # internal: one CPU memory run
@@ -94,13 +98,14 @@ def build_pipeline(args) -> ScoreVAEPipeline:
     """`--pipeline` as saved (`--scheduler` switches its scheduler type), or google/ddpm-cifar10-32's UNet
     architecture with random weights beside the default encoder, DDPM without x̂_0 clipping."""
     if args.pipeline is not None:
-        pipe = load_pipeline(args.pipeline, scheduler=args.scheduler, device=args.device)
+        pipe = load_pipeline(args.pipeline, prior=args.prior, scheduler=args.scheduler, device=args.device)
     else:
         torch.manual_seed(args.seed)
         unet = cifar10_unet()
         encoder = ScoreVAEEncoder(32, 3, args.latent_dim)
         torch.nn.init.normal_(encoder.proj_out.weight, std=1e-3)  # a non-zero score, as a trained encoder has
-        scheduler = scheduler_class(args.scheduler or "ddpm")(clip_sample=False)
+        scheduler_cls = scheduler_class(args.scheduler or "ddpm")
+        scheduler = scheduler_cls(**({"clip_sample": False} if "clip_sample" in scheduler_cls().config else {}))
         pipe = ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=encoder).to(args.device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -205,7 +210,7 @@ def cpu_memory(args) -> dict[str, dict[str, float]]:
             str(args.seed),
         ]
         command += ["--every_step"] if args.every_step else []
-        for option in ("num_inference_steps", "scheduler", "pipeline", "guidance_scale", "realism"):
+        for option in ("num_inference_steps", "scheduler", "pipeline", "prior", "guidance_scale", "realism"):
             if getattr(args, option) is not None:
                 command += [f"--{option}", str(getattr(args, option))]
         result = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -238,7 +243,10 @@ def main(args):
     log_snr_range = log_snr_range_from(log_snr_range)  # a JSON list from a config: `null` for an unbounded end
     pipe.scheduler.set_timesteps(steps)
     timesteps = pipe.scheduler.timesteps
-    guided = sum(bool(guided_steps(scheduler_log_snr(pipe.scheduler, t), log_snr_range)) for t in timesteps)
+    flow = is_flow_scheduler(pipe.scheduler)
+    guided = sum(
+        bool(guided_steps(scheduler_log_snr(pipe.scheduler, t), log_snr_range, zero_snr=flow)) for t in timesteps
+    )
     print(f"encoder term at {guided} of {steps} scheduler steps (before any realism start part-way down)")
 
     latent_codes = torch.randn(args.batch_size, args.latent_dim, generator=torch.Generator().manual_seed(1))

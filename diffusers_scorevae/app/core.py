@@ -556,9 +556,9 @@ def interpolate_strips(
     stop: threading.Event | None = None,
 ) -> tuple[PIL.Image.Image, str]:
     r"""
-    Interpolate between two images as `scorevae interpolate` does: DDIM (no clipping), one labelled strip lerping z
-    from the DDIM-inverted x_T slerped between the two images' ("z lerp + x_T slerp"), one lerping z alone from one
-    shared noise ("z lerp, shared noise"); each strip is `A | num_points interpolants | B`.
+    Interpolate between two images as `scorevae interpolate` does: DDIM (no clipping; Euler for a flow prior), one
+    labelled strip lerping z from the inverted x_T slerped between the two images' ("z lerp + x_T slerp"), one lerping
+    z alone from one shared noise ("z lerp, shared noise"); each strip is `A | num_points interpolants | B`.
 
     Steps and γ default to the pipeline's saved values; the inversion and its decodes are guided over the encoder's
     saved `inversion_log_snr_range`. `progress` and `stop` as for [`reconstruct`].
@@ -566,9 +566,8 @@ def interpolate_strips(
     Returns:
         `Tuple[PIL.Image.Image, str]`: the grid (enlarged for display) and a note on the two inputs.
     """
-    from diffusers import DDIMScheduler
-
     from ..interpolation import interpolation_grid
+    from ..inversion import inversion_scheduler
 
     steps, guidance = _check_settings(
         models.pipe, num_inference_steps, guidance_scale, seed, **{"points": (num_points, 2, MAX_IMAGES)}
@@ -576,11 +575,10 @@ def interpolate_strips(
     picture_a, note_a = prepare_image(image_a, models.pipe.image_shape)
     picture_b, note_b = prepare_image(image_b, models.pipe.image_shape)
 
-    # the same modules with a DDIM scheduler that does not clip (DDIM inversion needs it; see `pipe.invert`)
+    # the same modules with the deterministic scheduler an inversion runs (DDIM without clipping; Euler for a flow
+    # prior; see `pipe.invert`)
     components = dict(models.pipe.components)
-    components["scheduler"] = DDIMScheduler.from_config(
-        models.pipe.scheduler.config, clip_sample=False, thresholding=False
-    )
+    components["scheduler"] = inversion_scheduler(models.pipe.scheduler)
     view = type(models.pipe)(**components)
     view.progress_bar = _progress_bar(progress, stop, num_passes=3)  # inversion, then two decodes
     with models.lock:
