@@ -31,6 +31,7 @@ from huggingface_hub import HfApi, ModelCard
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.hub import (
     PICKLE_HINT,
+    as_package_model_index,
     create_model_card,
     describe_prior_compatibility,
     push_pipeline_to_hub,
@@ -136,6 +137,19 @@ def offline_hub(hub, monkeypatch, tmp_path):
     return hub
 
 
+def strip_remote_code(folder: Path, tmp_path: Path) -> Path:
+    """A copy of the saved pipeline `folder` as saves before the remote code wrote it: no `.py` files, the package's
+    module names in `model_index.json`, no `auto_map`."""
+    old = tmp_path / f"{folder.name}-old"
+    shutil.copytree(folder, old, ignore=shutil.ignore_patterns("*.py"))
+    index = as_package_model_index(json.loads((old / "model_index.json").read_text()))
+    (old / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    config = json.loads((old / "encoder" / "config.json").read_text())
+    config.pop("auto_map")
+    (old / "encoder" / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return old
+
+
 def decode(pipe, seed=0):
     pipe.set_progress_bar_config(disable=True)
     codes = torch.randn(2, LATENT_DIM, generator=torch.Generator().manual_seed(seed))
@@ -158,11 +172,17 @@ def test_pipeline_from_repo_id(offline_hub):
     assert not (snapshot / "unet" / "diffusion_pytorch_model.bin").exists()
 
 
-def test_diffusers_own_download_refuses_a_scorevae_repo(offline_hub):
+def test_diffusers_own_download_refuses_a_scorevae_repo(offline_hub, tmp_path):
     """Why `ScoreVAEPipeline.download` exists: with the repo's file listing known (always online), diffusers refuses a
-    component whose module is not in diffusers or transformers."""
-    with pytest.raises(ValueError, match="diffusers_scorevae.models.encoder"):
+    repo saved before the remote code (its encoder's module is in neither diffusers nor transformers), and a repo
+    with the remote code unless `trust_remote_code=True`; `ScoreVAEPipeline` loads both without it."""
+    with pytest.raises(ValueError, match="trust_remote_code=True"):
         DiffusionPipeline.download("org/scorevae")
+    write_cached_repo(offline_hub.cache, "org/scorevae-old", strip_remote_code(offline_hub.src / "scorevae", tmp_path))
+    with pytest.raises(ValueError, match="diffusers_scorevae.models.encoder"):
+        DiffusionPipeline.download("org/scorevae-old")
+    pipe = ScoreVAEPipeline.from_pretrained("org/scorevae-old")
+    assert torch.equal(decode(pipe), decode(offline_hub.pipe))
 
 
 @pytest.mark.parametrize("revision", ["v2", "commit"])
@@ -255,6 +275,13 @@ class ReferencePipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SchedulerMixin, encoder: ScoreVAEEncoder):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, encoder=encoder)
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        # the folder's remote code entries read as the package's classes, as `ScoreVAEPipeline.load_config` reads them
+        loaded = super().load_config(*args, **kwargs)
+        as_package_model_index(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
 
 
 def perturbed(pipe: ScoreVAEPipeline, seed: int) -> ScoreVAEPipeline:
@@ -456,11 +483,13 @@ def test_select_pipeline_files():
 
 
 def test_hub_code_never_imports_a_model_or_the_pipeline():
-    """The models and the pipeline use the Hub code (its mixins); the Hub code never imports them back."""
+    """The models and the pipeline use the Hub code (its mixins); the Hub code never imports them back. Outside the
+    hub package it imports only the remote code builder, which imports nothing of the package but the hub's
+    `remote_saving` (it reads the package's source files, it does not import them)."""
     import diffusers_scorevae.hub
 
     folder = Path(diffusers_scorevae.hub.__file__).parent
-    for path in folder.glob("*.py"):
+    for path in [*folder.glob("*.py"), folder.parent / "remote_code.py"]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom):
                 modules = ["." * node.level + (node.module or "")]
@@ -469,7 +498,11 @@ def test_hub_code_never_imports_a_model_or_the_pipeline():
             else:
                 continue
             for module in modules:  # `.x`: a sibling in the hub package; `..x` or `diffusers_scorevae.x`: outside it
-                assert not module.startswith(("..", "diffusers_scorevae")), (path.name, module)
+                if path.name == "remote_code.py":
+                    assert module in (".hub.remote_saving",) or not module.startswith((".", "diffusers_scorevae"))
+                else:
+                    allowed = module == "..remote_code"
+                    assert allowed or not module.startswith(("..", "diffusers_scorevae")), (path.name, module)
 
 
 def test_pipeline_from_repo_id_in_a_fresh_process(hub, tmp_path):
@@ -568,6 +601,8 @@ def test_pipeline_push_to_hub(uploads, hub, tmp_path, monkeypatch):
         "unet/config.json",
         "unet/diffusion_pytorch_model.safetensors",
         "scheduler/scheduler_config.json",
+        "pipeline_scorevae.py",  # the remote code plain diffusers loads the repo with
+        "encoder/modeling_scorevae_encoder.py",
     } == set(upload.files)
     check_safetensors_only(upload.files)
     card = check_card(upload.folder, "me/scorevae-tiny", "ScoreVAEPipeline")
@@ -592,7 +627,8 @@ def test_encoder_push_to_hub(uploads):
     encoder = encoder_with_prior(seed=5)
     encoder.push_to_hub("org/encoder-tiny", commit_message="encoder v1")
     (upload,) = uploads
-    assert set(upload.files) == {"README.md", "config.json", "diffusion_pytorch_model.safetensors"}
+    code = "modeling_scorevae_encoder.py"  # the remote code diffusers' AutoModel loads the repo with
+    assert set(upload.files) == {"README.md", "config.json", "diffusion_pytorch_model.safetensors", code}
     assert upload.message == "encoder v1"
     card = check_card(upload.folder, "org/encoder-tiny", "ScoreVAEEncoder")
     assert 'ScoreVAEPipeline.from_pretrained("google/ddpm-cifar10-32", encoder=encoder)' in card.text
@@ -601,7 +637,8 @@ def test_encoder_push_to_hub(uploads):
 
 def test_push_into_a_subfolder_writes_no_card(uploads):
     encoder_with_prior().push_to_hub("org/scorevae", subfolder="encoder", variant="fp16")
-    assert uploads[0].files == ["config.json", "diffusion_pytorch_model.fp16.safetensors"]
+    code = "modeling_scorevae_encoder.py"
+    assert uploads[0].files == ["config.json", "diffusion_pytorch_model.fp16.safetensors", code]
 
 
 def test_push_refuses_pickles(uploads, tmp_path):

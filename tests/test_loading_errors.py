@@ -110,7 +110,7 @@ def test_hub_id_in_no_cache_while_offline(tmp_path, monkeypatch, pipeline_folder
 
 def test_variant_error_is_diffusers_own(pipeline_folder):
     with open(pipeline_folder / "model_index.json") as f:
-        assert json.load(f)["_class_name"] == "ScoreVAEPipeline"
+        assert json.load(f)["_class_name"] == ["pipeline_scorevae", "ScoreVAEPipeline"]
     with pytest.raises(ValueError) as error:
         ScoreVAEPipeline.from_pretrained(pipeline_folder, variant="fp16")
     # word for word what DiffusionPipeline.from_pretrained raises (diffusers/pipelines/pipeline_utils.py)

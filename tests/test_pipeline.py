@@ -1,7 +1,6 @@
 """ScoreVAEPipeline with tiny real components: unconditional equivalence, every scheduler, inputs, outputs, errors."""
 
 import doctest
-import importlib
 import json
 import os
 import re
@@ -548,13 +547,15 @@ def test_save_pretrained_round_trip(tmp_path, latent_codes):
     for component in ("unet", "encoder"):
         assert os.path.isfile(tmp_path / component / "diffusion_pytorch_model.safetensors")
         assert not os.path.exists(tmp_path / component / "diffusion_pytorch_model.bin")
+    # the remote code plain diffusers loads the folder with (tests/test_remote_code.py), named in list form
     model_index = json.loads((tmp_path / "model_index.json").read_text())
-    assert model_index["_class_name"] == "ScoreVAEPipeline"
-    module, class_name = model_index["encoder"]  # the encoder's module, so loading needs no extra arguments
-    assert module.split(".")[0] == "diffusers_scorevae" and class_name == "ScoreVAEEncoder"
-    assert getattr(importlib.import_module(module), class_name) is ScoreVAEEncoder
+    assert model_index["_class_name"] == ["pipeline_scorevae", "ScoreVAEPipeline"]
+    assert model_index["encoder"] == ["modeling_scorevae_encoder", "ScoreVAEEncoder"]
+    assert os.path.isfile(tmp_path / "pipeline_scorevae.py")
+    assert os.path.isfile(tmp_path / "encoder" / "modeling_scorevae_encoder.py")
 
-    loaded = ScoreVAEPipeline.from_pretrained(tmp_path)
+    loaded = ScoreVAEPipeline.from_pretrained(tmp_path)  # the package's own classes: no trust_remote_code
+    assert type(loaded) is ScoreVAEPipeline and type(loaded.encoder) is ScoreVAEEncoder
     loaded.set_progress_bar_config(disable=True)
     assert isinstance(loaded.scheduler, DDPMScheduler) and not loaded.scheduler.config.clip_sample
     assert not any(p.requires_grad for p in loaded.unet.parameters())

@@ -51,7 +51,7 @@ from .download import (
     load_prior,
     select_pipeline_files,
 )
-from .mixins import ScoreVAEHubMixin, ScoreVAEPipelineHubMixin
+from .mixins import ScoreVAEHubMixin, ScoreVAEPipelineHubMixin, as_package_model_index
 from .model_card import (
     CARD_TAGS,
     PAPER_URL,
@@ -70,6 +70,7 @@ __all__ = [
     "PICKLE_HINT",
     "ScoreVAEHubMixin",
     "ScoreVAEPipelineHubMixin",
+    "as_package_model_index",
     "create_model_card",
     "describe_prior_compatibility",
     "download_pipeline",

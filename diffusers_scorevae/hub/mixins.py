@@ -1,6 +1,8 @@
 """What [`ScoreVAEEncoder`] and [`ScoreVAEPipeline`] add to diffusers' `from_pretrained` / `save_pretrained` /
-`push_to_hub`: loading pipelines by repo id (diffusers' own download refuses our encoder), and pushes that upload
-safetensors weights with a ScoreVAE model card. Everything else is diffusers' behaviour, unchanged."""
+`push_to_hub`: loading pipelines by repo id (diffusers' own download refuses our encoder), saves that write the remote
+code plain diffusers loads them with (generated from this package's source, `diffusers_scorevae.remote_code`), loading
+such saves with the package's own classes, and pushes that upload safetensors weights with a ScoreVAE model card.
+Everything else is diffusers' behaviour, unchanged."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import json
 import os
 import tempfile
 
+from ..remote_code import module_source
 from .download import (
     check_weights_files,
     download_pipeline,
@@ -15,16 +18,29 @@ from .download import (
     load_autoencoder_component,
     select_pipeline_files,
 )
+from .remote_saving import ENCODER_MODULE, PIPELINE_MODULE, RemoteCodeMixin
 from .upload import check_safe_serialization, upload_with_model_card
 
 _CARD_KEYS = ("metrics", "training", "datasets", "license")
+# the package module of the encoder class, as folders saved before the remote code name it in model_index.json
+ENCODER_LIBRARY = "diffusers_scorevae.models.encoder"
 
 
-class ScoreVAEHubMixin:
+class ScoreVAEHubMixin(RemoteCodeMixin):
     """
-    Pushing for [`ScoreVAEEncoder`] and [`ScoreVAEPipeline`]: `push_to_hub` and `save_pretrained(push_to_hub=True)`
-    upload safetensors weights with the model card of [`create_model_card`] instead of diffusers' generic one.
+    Saving and pushing for [`ScoreVAEEncoder`] and [`ScoreVAEPipeline`]: `save_pretrained` also writes the remote code
+    that plain diffusers loads the folder with (`trust_remote_code=True`), generated from this package's source
+    ([`~diffusers_scorevae.hub.remote_saving.RemoteCodeMixin`]); `push_to_hub` and `save_pretrained(push_to_hub=True)`
+    upload safetensors weights and that code with the model card of [`create_model_card`] instead of diffusers'
+    generic one.
     """
+
+    _remote_code_kind = "encoder"  # the module of `diffusers_scorevae.remote_code.MODULES` that defines the class
+
+    @classmethod
+    def remote_code_source(cls) -> str:
+        """The remote module that defines this class, generated from the package's source as it is now."""
+        return module_source(cls._remote_code_kind)
 
     def save_pretrained(
         self,
@@ -122,6 +138,19 @@ class ScoreVAEHubMixin:
             )
 
 
+def as_package_model_index(model_index: dict) -> dict:
+    """Rewrite, in place, the entries of `model_index` that name the remote code a ScoreVAE save ships
+    (`["pipeline_scorevae", "ScoreVAEPipeline"]`, `["modeling_scorevae_encoder", "ScoreVAEEncoder"]`) as the
+    package's classes name them, as folders saved before the remote code do. Returns `model_index`."""
+    class_name = model_index.get("_class_name")
+    if isinstance(class_name, list) and len(class_name) == 2 and class_name[0] == PIPELINE_MODULE:
+        model_index["_class_name"] = class_name[1]
+    for name, entry in model_index.items():
+        if not name.startswith("_") and isinstance(entry, list) and len(entry) == 2 and entry[0] == ENCODER_MODULE:
+            model_index[name] = [ENCODER_LIBRARY, entry[1]]
+    return model_index
+
+
 def _no_model_index(folder: str) -> str:
     """Why a folder without `model_index.json` does not load as a pipeline, and what to load instead."""
     message = f"{folder} has no model_index.json, so it is not a saved pipeline."
@@ -164,6 +193,16 @@ class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
 
     # components that a repo may name differently: {name in the repo: name in the pipeline}
     _component_aliases = {"vqvae": "vae"}
+    _remote_code_kind = "pipeline"
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """diffusers' `load_config`, with a saved pipeline's remote code entries in `model_index.json` (the pipeline
+        module's `_class_name`, the encoder's module) read as this package's classes: the package keeps priority over
+        the code a folder ships, and loading asks for no `trust_remote_code`."""
+        loaded = super().load_config(*args, **kwargs)
+        as_package_model_index(loaded[0] if isinstance(loaded, tuple) else loaded)
+        return loaded
 
     @classmethod
     def _component_names(cls, kwargs) -> tuple[list[str], list[str], list[str]]:

@@ -13,6 +13,7 @@ import tempfile
 
 from huggingface_hub import HfApi
 
+from ..remote_code import write_remote_code
 from .download import list_folder_files, select_pipeline_files
 from .model_card import (
     TRAINING_SUMMARY_KEYS,
@@ -92,7 +93,9 @@ def push_pipeline_to_hub(
     last logged step and loss of `output_dir/train_log.jsonl`.
 
     The pipeline's files are uploaded as saved (`model_index.json`, `unet/`, `scheduler/`, `encoder/`, `vae/` when
-    present: configs and safetensors weights) with the card as README.md; not the checkpoints or logs beside them.
+    present: configs and safetensors weights) with the card as README.md and the remote code of this version of the
+    package ([`~diffusers_scorevae.remote_code.write_remote_code`], so that plain diffusers loads the repo with
+    `trust_remote_code=True`, however old the folder); not the checkpoints or logs beside them.
 
     Args:
         output_dir (`str` or `os.PathLike`):
@@ -131,6 +134,7 @@ def push_pipeline_to_hub(
         for path in files:
             os.makedirs(os.path.dirname(os.path.join(folder, path)), exist_ok=True)
             shutil.copyfile(os.path.join(output_dir, path), os.path.join(folder, path))
+        write_remote_code(folder)
         return upload_with_model_card(
             folder,
             repo_id,
