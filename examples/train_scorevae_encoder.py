@@ -11,6 +11,11 @@ The recipe that uses both: `--objective posterior --teacher T --output_dir A`, t
 
 Only the encoder trains; the prior's UNet is loaded once, frozen, and never wrapped by the optimizer or DDP.
 
+A flow-matching prior (a folder whose scheduler is a `FlowMatchEulerDiscreteScheduler`, as `train_prior.py
+--flow_matching` writes) trains the same canonical encoder (docs/math.md §10): σ is drawn from the scheduler's training
+grid without σ = 1, the UNet is called with the float timestep σ · T, its velocity is read as a noise prediction and
+the encoder sees x_σ / c at λ = 2 log((1 − σ) / σ); validation decodes with the prior's own flow scheduler.
+
 A latent-diffusion prior (an LDMPipeline folder or repo with `vqvae/`, e.g. CompVis/ldm-celebahq-256, or a ScoreVAE
 pipeline with `vae/`): the encoder trains on the autoencoder's latents. Images are read at the autoencoder's pixel
 resolution and encoded through the frozen autoencoder by the pipeline's rule (`diffusers_scorevae.autoencoders`): once,
@@ -52,6 +57,7 @@ from tqdm.auto import tqdm
 
 from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
 from diffusers_scorevae.autoencoders import vae_encode
+from diffusers_scorevae.noise import is_flow_scheduler
 from diffusers_scorevae.training import LOSS_WEIGHTINGS, posterior_loss, scorevae_loss
 
 logger = get_logger(__name__, log_level="INFO")
@@ -562,8 +568,12 @@ class GeneratorState:
 
 @torch.no_grad()
 def log_validation(args, accelerator, encoder, unet, scheduler, images, global_step, vae=None):
-    """Reconstruct a fixed set of training images; log an (original | reconstruction) grid and the mean L2."""
-    scheduler = diffusers.DDIMScheduler.from_config(scheduler.config)
+    """Reconstruct a fixed set of training images; log an (original | reconstruction) grid and the mean L2. A VP prior
+    decodes with DDIM, a flow-matching prior with a fresh copy of its own (deterministic) flow scheduler."""
+    if is_flow_scheduler(scheduler):
+        scheduler = type(scheduler).from_config(scheduler.config)
+    else:
+        scheduler = diffusers.DDIMScheduler.from_config(scheduler.config)
     pipe = ScoreVAEPipeline(unet=unet, scheduler=scheduler, encoder=encoder, vae=vae)
     pipe.set_progress_bar_config(disable=True)
     originals = (images.to(accelerator.device) + 1) / 2
@@ -777,9 +787,10 @@ def main(args):
     accelerator.register_for_checkpointing(GeneratorState(generator))
     timestep_distribution = None
     if args.timestep_sampling == "importance":
-        from diffusers_scorevae.training import loss_weight
+        from diffusers_scorevae.training import loss_weight, training_timesteps
 
-        all_timesteps = torch.arange(len(noise_scheduler.alphas_cumprod), device=accelerator.device)
+        # one weight per training level: VP timesteps 0 … T − 1, or a flow prior's σ grid without σ = 1
+        all_timesteps = training_timesteps(noise_scheduler).to(accelerator.device)
         timestep_distribution = loss_weight(noise_scheduler, all_timesteps, args.loss_weighting)
 
     # 7. trackers
