@@ -361,3 +361,24 @@ def test_vp_schedulers_keep_reading_their_own_table():
     expected = torch.log(scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)).double()[scheduler.timesteps]
     torch.testing.assert_close(scheduler_log_snr(scheduler, scheduler.timesteps), expected)
     assert D == 16
+
+
+def test_latent_flow_prior_decodes_and_round_trips_a_folder(tmp_path):
+    # a flow prior over an AutoencoderKL's latents (`vae=`): reconstruct, realism, save/load through the LDM layout
+    from test_latent import images, kl_pipeline
+
+    pipe = kl_pipeline(FlowMatchEulerDiscreteScheduler(shift=3.0))
+    pipe.set_progress_bar_config(disable=True)
+    x = images(1)
+    before = pipe(image=x, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    assert before.shape == (2, 16, 16, 1) and np.isfinite(before).all()
+    latent = pipe(image=x, num_inference_steps=3, generator=torch.manual_seed(0), output_type="latent").images
+    assert latent.shape == (2, *pipe.latent_shape)
+    inverted = pipe.invert(x, num_inference_steps=3, guidance_scale=0.0)
+    assert inverted.latents.shape == latent.shape
+    pipe.save_pretrained(tmp_path / "latent-flow")
+    loaded = ScoreVAEPipeline.from_pretrained(tmp_path / "latent-flow")
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.scheduler, FlowMatchEulerDiscreteScheduler) and loaded.vae is not None
+    after = loaded(image=x, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(after, before, atol=1e-5)
