@@ -256,7 +256,7 @@ def _parse(name: str) -> _Module:
             if alias.name == "*":
                 raise ValueError(f"{name} ({path}) has `from {target} import *`: remote code needs explicit names.")
             defining, defined_as = _definition(target, alias.name, importer=name)
-            names.append((alias.asname or alias.name, defining, defined_as))
+            names.append((alias.asname or alias.name, alias.name, defining, defined_as))
             dependencies = module.hard_dependencies if id(node) in top_level else module.soft_dependencies
             if defining not in dependencies:
                 dependencies.append(defining)
@@ -377,9 +377,10 @@ def _inline(module: _Module, defined: dict[str, tuple[str, str]]) -> tuple[str, 
     for node, names in module.package_imports:
         indent = " " * node.col_offset
         source_module = _imported_module(module, node)
+        reduced = " (reduced)" if source_module in REDUCED else ""
         aliases = [
-            f"{indent}{bound} = {name}  # {source_module}.{bound}" + (" (reduced)" if source_module in REDUCED else "")
-            for bound, _, name in names
+            f"{indent}{bound} = {name}  # {source_module}.{imported}{reduced}"
+            for bound, imported, _, name in names
             if bound != name
         ]
         block = blocks.get(id(node))
