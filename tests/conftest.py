@@ -4,6 +4,8 @@ Every fixture builds fresh modules under a fixed seed, so a test may mutate what
 scheduler) without leaking state into the next test.
 """
 
+import socket
+
 import pytest
 import torch
 from diffusers import UNet2DModel
@@ -86,3 +88,25 @@ def encoder_1ch() -> ScoreVAEEncoder:
 @pytest.fixture
 def latent_codes() -> torch.Tensor:
     return torch.randn(2, LATENT_DIM, generator=torch.Generator().manual_seed(2))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_app(launch, attempts: int = 3, **kwargs):
+    """`launch(server_name="127.0.0.1", server_port=<a free port>, prevent_thread_lock=True, **kwargs)` (the app's
+    `launch`), as `(demo, url)`. Gradio gives its server 5 s to start and the page a few seconds to answer, and another
+    process may take a free port before the server binds it: on a machine other jobs load, each can fail once, so a
+    failed start is tried again on another port (a bound on flakiness, not a timing of the app)."""
+    for attempt in range(attempts):
+        port = free_port()
+        try:
+            demo = launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, **kwargs)
+        except (OSError, ValueError) as error:  # "Cannot find empty port", "When localhost is not accessible"
+            if attempt == attempts - 1 or not ("port" in str(error) or "localhost" in str(error)):
+                raise
+            continue
+        return demo, f"http://127.0.0.1:{port}/"

@@ -5,14 +5,13 @@ message or is converted with a note, and the server goes on serving."""
 import io
 import math
 import os
-import socket
 import struct
-import time
 import zlib
 
 import numpy as np
 import PIL.Image
 import pytest
+from conftest import launch_app
 
 from diffusers_scorevae import app
 from diffusers_scorevae.bundled import bundled_test_images
@@ -23,12 +22,6 @@ from gradio_client.exceptions import AppError  # noqa: E402
 
 STEPS = 2  # every decode here: enough to exercise the loop, seconds on a loaded CPU
 SIDE = 28 * app.DISPLAY_SCALE  # a 28×28 image as the API answers it
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +35,9 @@ def models():
 
 @pytest.fixture(scope="module")
 def client(models):
-    port = _free_port()
-    demo = app.launch(models=models, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+    demo, url = launch_app(app.launch, models=models)
     try:
-        yield Client(f"http://127.0.0.1:{port}/", verbose=False)
+        yield Client(url, verbose=False)
     finally:
         demo.close()
 
@@ -241,15 +233,13 @@ def test_bad_files_through_the_functions(bad_files, models, monkeypatch):
     alpha = np.asarray(app.prepare_image(bad_files["alpha channel"][0], shape)[0])
     assert alpha[0, 0] == 0 and alpha[14, 14] == 255
 
-    # the decompression bomb is refused from its header: no pixel is decoded, in no time
+    # the decompression bomb is refused from its header: no pixel is decoded (decoding one is an error here)
     def decoded(*args, **kwargs):
         raise AssertionError("the bomb was decoded")
 
     monkeypatch.setattr(PIL.ImageFile.ImageFile, "load", decoded)
-    start = time.perf_counter()
     with pytest.raises(ValueError, match=r"too large to read \(400 megapixels\)"):
         app.prepare_image(bad_files["decompression bomb"][0], shape)
-    assert time.perf_counter() - start < 2
     # an image over the app's own limit (but under Pillow's) is refused from its header too
     monkeypatch.setattr(app.core, "MAX_INPUT_PIXELS", 27 * 27)
     with pytest.raises(ValueError, match=r"too large to read \(28×28, 0 megapixels\)"):

@@ -1,15 +1,16 @@
 """The app under load: several gradio_client clients at once on /reconstruct against the live app on 127.0.0.1.
 Decodes are served one at a time, in the order they arrived; every request is answered; a waiting client sees its
-place in the queue; the server's memory stays bounded. Loops are bounded in count and in time."""
+place in the queue; the server's memory stays bounded. Loops are bounded in count, and in time only against a hang:
+the bound is minutes, far above what the requests take on a CPU that other jobs share, so it never times the app."""
 
 import math
 import os
-import socket
 import threading
 import time
 
 import PIL.Image
 import pytest
+from conftest import launch_app
 
 from diffusers_scorevae import app
 from diffusers_scorevae.bundled import bundled_test_images
@@ -21,13 +22,7 @@ from gradio_client.utils import Status  # noqa: E402
 STEPS = 2  # every decode here: enough to exercise the loop, a fraction of a second on a loaded CPU
 CLIENTS = 6
 REQUESTS = 24
-DEADLINE = 120  # seconds any one wait here may take
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DEADLINE = 600  # seconds any one wait here may take before the test reports a hang
 
 
 def _rss_bytes() -> int:
@@ -57,12 +52,11 @@ def server(tmp_path_factory):
 
     image = tmp_path_factory.mktemp("load") / "bundled-0.png"
     PIL.Image.fromarray(bundled_test_images()[0][0]).save(image)
-    port = _free_port()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(app.core, "reconstruct", logged)
-        demo = app.launch(models=models, server_name="127.0.0.1", server_port=port, prevent_thread_lock=True)
+        demo, url = launch_app(app.launch, models=models)
         try:
-            yield f"http://127.0.0.1:{port}/", models, log, str(image)
+            yield url, models, log, str(image)
         finally:
             demo.close()
 

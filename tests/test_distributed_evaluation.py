@@ -5,7 +5,6 @@ metric on all the images. Real bundled models, five test images (an uneven split
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -38,17 +37,12 @@ def data_dir(tmp_path_factory):
     return str(folder)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(command, num_processes):
-    """`command` in `num_processes` processes started by torchrun (one: the command itself)."""
+    """`command` in `num_processes` processes started by torchrun (one: the command itself). `--standalone`: the
+    rendezvous binds a port the system picks, so no other process can take it between a check and the bind."""
     if num_processes > 1:
-        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(num_processes)]
-        command = torchrun + ["--master_addr", "127.0.0.1", "--master_port", str(free_port()), *command]
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+        command = [*torchrun, str(num_processes), *command]
     else:
         command = [sys.executable, *command]
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", TQDM_DISABLE="1")
