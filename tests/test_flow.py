@@ -382,3 +382,22 @@ def test_latent_flow_prior_decodes_and_round_trips_a_folder(tmp_path):
     assert isinstance(loaded.scheduler, FlowMatchEulerDiscreteScheduler) and loaded.vae is not None
     after = loaded(image=x, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
     np.testing.assert_allclose(after, before, atol=1e-5)
+
+
+def test_a_flow_prior_repo_id_loads_from_an_offline_cache(tmp_path, monkeypatch):
+    # `from_pretrained("org/name", encoder=...)` of a flow prior pushed in the DDPMPipeline layout, resolved from a
+    # populated Hugging Face cache with HF_HUB_OFFLINE=1 (the real Hub code path, no network)
+    from hub_cache import go_offline, write_cached_repo
+
+    pipe = flow_pipe(FlowMatchEulerDiscreteScheduler(shift=3.0))
+    DDPMPipeline(unet=pipe.unet, scheduler=pipe.scheduler).save_pretrained(tmp_path / "prior")
+    cache = tmp_path / "cache"
+    write_cached_repo(cache, "someone/flow-prior", tmp_path / "prior")
+    go_offline(monkeypatch, cache, tmp_path / "hf_home")
+    loaded = ScoreVAEPipeline.from_pretrained("someone/flow-prior", encoder=pipe.encoder)
+    loaded.set_progress_bar_config(disable=True)
+    assert isinstance(loaded.scheduler, FlowMatchEulerDiscreteScheduler) and loaded.scheduler.config.shift == 3.0
+    codes = torch.randn(1, 16, generator=torch.Generator().manual_seed(1))
+    ours = loaded(latent_codes=codes, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    theirs = pipe(latent_codes=codes, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    np.testing.assert_allclose(ours, theirs, atol=1e-6)
