@@ -140,3 +140,56 @@ def test_evaluate_prior_smoke(tmp_path):
         assert os.path.isfile(os.path.join(eval_dir, "samples.png"))
         with open(os.path.join(eval_dir, "metrics.json")) as f:
             assert json.load(f)["scheduler"] == scheduler
+
+
+def test_flow_matching_prior_trains_resumes_and_decodes(tmp_path):
+    """--flow_matching: the SD3 recipe (float timesteps σ·T, target ε − x_0) writes a DDPMPipeline folder with a
+    FlowMatchEulerDiscreteScheduler that ScoreVAEPipeline wraps; it can start from a DDPM prior's weights, and resumes
+    exactly; a checkpoint of the other family is refused."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline
+
+    data_dir = str(tmp_path / "data")
+    write_fashion_mnist(data_dir)
+    ddpm = str(tmp_path / "ddpm")
+    train_prior.main(train_prior.parse_args(TINY + ["--fashion_mnist_dir", data_dir, "--output_dir", ddpm,
+                                                    "--max_train_steps", "1"]))  # fmt: skip
+    common = TINY + ["--fashion_mnist_dir", data_dir, "--use_ema", "--flow_matching", "--shift", "2.0"]
+    common += ["--weighting_scheme", "logit_normal", "--init_unet", ddpm]
+    interrupted, straight = str(tmp_path / "interrupted"), str(tmp_path / "straight")
+    train_prior.main(train_prior.parse_args(common + ["--output_dir", interrupted, "--max_train_steps", "2"]))
+    train_prior.main(train_prior.parse_args(common + ["--output_dir", interrupted, "--max_train_steps", "4"]))
+    train_prior.main(train_prior.parse_args(common + ["--output_dir", straight, "--max_train_steps", "4"]))
+    a, b = DDPMPipeline.from_pretrained(interrupted), DDPMPipeline.from_pretrained(straight)
+    assert isinstance(a.scheduler, FlowMatchEulerDiscreteScheduler) and a.scheduler.config.shift == 2.0
+    for (name, x), y in zip(a.unet.state_dict().items(), b.unet.state_dict().values()):
+        torch.testing.assert_close(x, y, msg=name)
+    start = DDPMPipeline.from_pretrained(ddpm).unet.state_dict()
+    assert any(not torch.equal(x, start[name]) for name, x in a.unet.state_dict().items())  # it trained
+
+    # the loss: the UNet is called with the scheduler's float timesteps and regressed on ε − x_0
+    args = train_prior.parse_args(common + ["--output_dir", straight])
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=2.0)
+    clean, noise = torch.rand(4, 1, 28, 28) * 2 - 1, torch.randn(4, 1, 28, 28)
+    noisy, timesteps, target, weights = train_prior.flow_matching_batch(
+        scheduler, clean, noise, args, torch.Generator().manual_seed(0)
+    )
+    sigma = (timesteps / 1000)[:, None, None, None]
+    assert timesteps.is_floating_point() and torch.isin(timesteps, scheduler.timesteps).all()
+    torch.testing.assert_close(noisy, (1 - sigma) * clean + sigma * noise)
+    torch.testing.assert_close(target, noise - clean)
+    assert torch.equal(weights, torch.ones(4))
+
+    # ScoreVAEPipeline wraps the folder with an encoder and decodes through it
+    torch.manual_seed(0)
+    encoder = ScoreVAEEncoder(sample_size=28, in_channels=1, latent_dim=4, block_out_channels=(8, 16),
+                              down_block_types=("DownBlock2D", "DownBlock2D"), norm_num_groups=4)  # fmt: skip
+    pipe = ScoreVAEPipeline.from_pretrained(straight, encoder=encoder)
+    out = pipe(image=torch.rand(1, 1, 28, 28), num_inference_steps=2, output_type="np").images
+    assert out.shape == (1, 28, 28, 1)
+
+    # resuming a flow checkpoint as a DDPM run (or the reverse) is refused
+    with pytest.raises(ValueError, match="--flow_matching"):
+        ddpm_args = TINY + ["--fashion_mnist_dir", data_dir, "--use_ema", "--output_dir", straight]
+        train_prior.main(train_prior.parse_args(ddpm_args + ["--max_train_steps", "5"]))
