@@ -26,7 +26,7 @@ from remote_calls import decode_defaults, pipeline_outputs
 from test_latent import PIXEL_SIZE, kl_pipeline
 
 import diffusers_scorevae.remote_code as remote_code
-from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline, pretrained_path
+from diffusers_scorevae import ScoreVAEEncoder, ScoreVAEPipeline, create_model_card, pretrained_path
 from diffusers_scorevae.bundled import bundled_test_images
 from diffusers_scorevae.hub.mixins import ENCODER_LIBRARY
 from diffusers_scorevae.remote_code import check_remote_code, module_source, remote_code_files, write_remote_code
@@ -233,6 +233,16 @@ def test_diffusers_with_the_package_installed_runs_the_folders_code(saved, tmp_p
     monkeypatch.setattr(type(pipe), "push_to_hub", lambda self, repo_id, **kwargs: pushed.update(repo_id=repo_id))
     pipe.save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="me/scorevae")
     assert pushed == {"repo_id": "me/scorevae"} and check_remote_code(tmp_path / "saved") == []
+
+
+def test_the_model_card_shows_both_ways_to_load(saved):
+    card = create_model_card(saved["pipes"]["pixel"], "org/scorevae").text
+    assert 'ScoreVAEPipeline.from_pretrained("org/scorevae")' in card
+    assert 'DiffusionPipeline.from_pretrained("org/scorevae", trust_remote_code=True)' in card
+    assert 'snapshot_download("org/scorevae", local_files_only=True)' in card
+    card = create_model_card(saved["pipes"]["pixel"].encoder, "org/encoder").text
+    assert 'ScoreVAEEncoder.from_pretrained("org/encoder")' in card
+    assert 'AutoModel.from_pretrained("org/encoder", trust_remote_code=True)' in card
 
 
 def test_folders_saved_before_the_remote_code_still_load(tmp_path):

@@ -121,6 +121,12 @@ codes = pipe.encode(images)  # (4, {latent_dim})
 reconstructions = pipe(latent_codes=codes, generator=torch.manual_seed(0)).images  # the saved decode settings
 samples = pipe(batch_size=4, generator=torch.manual_seed(0)).images  # z ~ N(0, I)
 ```"""
+        plain = f"""```python
+from diffusers import DiffusionPipeline
+
+pipe = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)  # the same calls as above
+```"""
+        ships = "`pipeline_scorevae.py` and `encoder/modeling_scorevae_encoder.py`"
     else:
         title = f"ScoreVAE encoder: {repo_id}"
         what = (
@@ -141,6 +147,12 @@ images = torch.rand(4, {channels}, {size}, {size})  # (batch, channels, height, 
 codes = pipe.encode(images)  # (4, {latent_dim})
 reconstructions = pipe(latent_codes=codes, generator=torch.manual_seed(0)).images  # the encoder's decode settings
 ```"""
+        plain = f"""```python
+from diffusers import AutoModel
+
+encoder = AutoModel.from_pretrained("{repo_id}", trust_remote_code=True)
+```"""
+        ships = "`modeling_scorevae_encoder.py`"
 
     lines = [
         f"# {title}",
@@ -149,14 +161,18 @@ reconstructions = pipe(latent_codes=codes, generator=torch.manual_seed(0)).image
         "",
         "## Usage",
         "",
-        "Install the `diffusers_scorevae` package, then:",
+        "With the `diffusers_scorevae` package installed:",
         "",
         usage,
         "",
-    ]
-    lines += [
-        "Load it with `ScoreVAEPipeline` / `ScoreVAEEncoder`: `DiffusionPipeline.from_pretrained` only resolves "
-        "pipeline classes that diffusers itself defines. Weights are safetensors.",
+        f"With diffusers alone: the repo ships its code ({ships}, generated from the package's own source; "
+        "it imports only torch, numpy, PIL and diffusers), which diffusers runs once you trust it:",
+        "",
+        plain,
+        "",
+        "Offline, diffusers cannot load remote code by repo id (it asks the Hub for the commit): pass the downloaded "
+        f'folder instead, `snapshot_download("{repo_id}", local_files_only=True)` (from `huggingface_hub`). '
+        "Weights are safetensors.",
         "",
     ]
     if prior:
