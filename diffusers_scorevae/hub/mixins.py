@@ -223,7 +223,9 @@ class ScoreVAEPipelineHubMixin(ScoreVAEHubMixin):
         meanings there: `revision`, `variant`, `use_safetensors` (default `None`: safetensors where a component has
         them, else its `.bin` weights, read with `torch.load(weights_only=True)`), `torch_dtype` (a dtype, or a dict
         per component with an optional `"default"`), `local_files_only`, `cache_dir`, `token`, components as objects.
-        `custom_pipeline` is refused: this class is the pipeline.
+        `custom_pipeline` is refused: this class is the pipeline. The remote code a saved folder ships (for plain
+        diffusers, `trust_remote_code=True`) is not run: the package's own classes load it, with no
+        `trust_remote_code` ([`~ScoreVAEPipelineHubMixin.load_config`]).
 
         Example:
 
