@@ -23,6 +23,7 @@ from conftest import make_encoder, make_unet
 from diffusers import DDPMScheduler, DiffusionPipeline
 from hub_cache import write_cached_repo
 from remote_calls import decode_defaults, pipeline_outputs
+from test_hub import strip_remote_code
 from test_latent import PIXEL_SIZE, kl_pipeline
 
 import diffusers_scorevae.remote_code as remote_code
@@ -246,15 +247,23 @@ def test_the_model_card_shows_both_ways_to_load(saved):
 
 
 def test_folders_saved_before_the_remote_code_still_load(tmp_path):
-    bundled = Path(pretrained_path("fashion-mnist"))
-    assert not list(bundled.rglob("*.py"))  # the bundle is in the earlier layout
-    index = json.loads((bundled / "model_index.json").read_text())
-    assert index["encoder"] == [ENCODER_LIBRARY, "ScoreVAEEncoder"] and index["_class_name"] == "ScoreVAEPipeline"
-    pipe = ScoreVAEPipeline.from_pretrained(bundled)
-    assert type(pipe.encoder) is ScoreVAEEncoder
-    # saving it again writes the new layout
-    pipe.save_pretrained(tmp_path)
-    assert check_remote_code(tmp_path) == []
+    """A folder as saves wrote it before the remote code (no `.py`, the package's module named in model_index.json, no
+    `auto_map`; the bundled pipelines are such folders) loads and decodes as before; saving it again adds the code."""
+    pipe = pixel_pipeline()
+    pipe.save_pretrained(tmp_path / "saved")
+    old = strip_remote_code(tmp_path / "saved", tmp_path)
+    assert not list(old.rglob("*.py"))
+    assert json.loads((old / "model_index.json").read_text())["encoder"] == [ENCODER_LIBRARY, "ScoreVAEEncoder"]
+    loaded = ScoreVAEPipeline.from_pretrained(old)
+    assert type(loaded.encoder) is ScoreVAEEncoder
+    image = images(3, 8, 0)
+    expected, outputs = pipeline_outputs(pipe, image), pipeline_outputs(loaded, image)
+    for key, value in expected.items():
+        np.testing.assert_array_equal(outputs[key], value, err_msg=key)
+    assert type(ScoreVAEEncoder.from_pretrained(old, subfolder="encoder")) is ScoreVAEEncoder
+    assert type(ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist")).encoder) is ScoreVAEEncoder
+    loaded.save_pretrained(tmp_path / "again")
+    assert check_remote_code(tmp_path / "again") == []
 
 
 # ---------------------------------------------------------------------------------------------------------------------
