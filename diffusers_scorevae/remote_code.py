@@ -24,9 +24,11 @@ it, and [`write_remote_code`] adds it to a folder saved before (a training run's
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
 import sys
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,20 +67,22 @@ def module_source(kind: str) -> str:
     """
     if kind not in MODULES:
         raise ValueError(f"kind={kind!r} is not a remote module; choose one of {sorted(MODULES)}.")
-    cached = _BUILDS.get(kind)
-    if cached is not None and all(_stamp(path) == stamp for path, stamp in cached[0].items()):
-        return cached[1]
-    _READ.clear()
-    source = _build(kind)
-    _BUILDS[kind] = (dict(_READ), source)
-    return source
+    with _LOCK:
+        cached = _BUILDS.get(kind)
+        if cached is not None and all(_stamp(path) == stamp for path, stamp in cached[0].items()):
+            return cached[1]
+        _READ.clear()
+        source = _build(kind)
+        _BUILDS[kind] = (dict(_READ), source)
+        return source
 
 
 # {kind: ({path: (mtime_ns, size) of every file the build read}, source)}: saves are frequent, and a file the
 # build depends on changes its stamp when it is edited (so does a module that starts importing another)
 _BUILDS: dict[str, tuple[dict, str]] = {}
-_READ: dict[Path, tuple[int, int]] = {}
-_TREES: dict[tuple[Path, tuple[int, int]], tuple[ast.Module, list[str]]] = {}
+_READ: dict[Path, tuple[int, int] | None] = {}  # the files the build in progress read (under _LOCK)
+_TREES: dict[Path, tuple[tuple[int, int], ast.Module, list[str]]] = {}  # {path: (stamp, its parse, its lines)}
+_LOCK = threading.Lock()
 
 
 def _stamp(path: Path) -> tuple[int, int] | None:
@@ -93,10 +97,10 @@ def _read(path: Path) -> tuple[ast.Module, list[str]]:
     """The parsed source of `path` and its lines, recorded for the build cache."""
     stamp = _stamp(path)
     _READ[path] = stamp
-    if (path, stamp) not in _TREES:
+    if path not in _TREES or _TREES[path][0] != stamp:
         text = path.read_text(encoding="utf-8")
-        _TREES[(path, stamp)] = (ast.parse(text, filename=str(path)), text.splitlines())
-    return _TREES[(path, stamp)]
+        _TREES[path] = (stamp, ast.parse(text, filename=str(path)), text.splitlines())
+    return _TREES[path][1:]
 
 
 def _build(kind: str) -> str:
@@ -198,8 +202,6 @@ def _encoder_components(folder: str) -> list[str]:
 
 
 def _json(path: str) -> dict:
-    import json
-
     with open(path, encoding="utf-8") as f:
         return json.load(f)
 
@@ -215,7 +217,7 @@ class _Module:
     is_package: bool
     tree: ast.Module
     lines: list[str]
-    # intra-package imports: (node, [(name bound here, defining module, name there)])
+    # intra-package imports: (node, [(name bound here, name imported, defining module, name there)])
     package_imports: list = field(default_factory=list)
     hard_dependencies: list[str] = field(default_factory=list)  # imported at module level: must come first
     soft_dependencies: list[str] = field(default_factory=list)  # imported inside a function
