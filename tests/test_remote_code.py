@@ -4,7 +4,8 @@ is generated from the package's source (`diffusers_scorevae.remote_code`); the p
 
 The plain-diffusers side runs once, in a fresh process (tests/remote_load.py) where importing `diffusers_scorevae`
 fails; it computes tests/remote_calls.py's outputs on tiny pipelines (pixel with a mean decoder and saved settings,
-latent with an AutoencoderKL), on the bundled Fashion-MNIST pipeline and on an encoder-only folder.
+latent with an AutoencoderKL, a flow-matching prior), on the bundled Fashion-MNIST pipeline and on an encoder-only
+folder.
 """
 
 import ast
@@ -20,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_encoder, make_unet
-from diffusers import DDPMScheduler, DiffusionPipeline
+from diffusers import DDPMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from hub_cache import write_cached_repo
 from remote_calls import decode_defaults, pipeline_outputs
 from test_hub import strip_remote_code
@@ -55,7 +56,9 @@ def images(channels: int, size: int, seed: int) -> np.ndarray:
 def saved(tmp_path_factory):
     """Folders saved by the package, the inputs, and the package's own outputs on them."""
     root = tmp_path_factory.mktemp("remote")
+    flow = FlowMatchEulerDiscreteScheduler(shift=3.0)  # a flow-matching prior
     pipes = {"pixel": pixel_pipeline(), "latent": kl_pipeline()}
+    pipes["flow"] = ScoreVAEPipeline(unet=make_unet(3), scheduler=flow, encoder=make_encoder(3), num_inference_steps=6)
     for name, pipe in pipes.items():
         pipe.save_pretrained(root / name)
     # the bundled pipeline, saved before the remote code existed: the code added to a copy of it
@@ -65,8 +68,8 @@ def saved(tmp_path_factory):
     pipes["pixel"].encoder.save_pretrained(root / "encoder")
 
     bundled = bundled_test_images()[0][:2, None].astype(np.float32) / 255
-    inputs = {"pixel": images(3, 8, 0), "latent": images(1, PIXEL_SIZE, 1), "bundled": bundled}
-    inputs["encoder"] = inputs["pixel"]
+    inputs = {"pixel": images(3, 8, 0), "latent": images(1, PIXEL_SIZE, 1), "flow": images(3, 8, 2)}
+    inputs.update(bundled=bundled, encoder=inputs["pixel"])
     np.savez(root / "inputs.npz", **inputs)
     outputs = {name: pipeline_outputs(pipe, inputs[name]) for name, pipe in pipes.items()}
     return {"root": root, "pipes": pipes, "inputs": inputs, "outputs": outputs}
@@ -80,7 +83,7 @@ def remote(saved, tmp_path_factory):
     cache = root / "hub"
     write_cached_repo(cache, "org/scorevae-remote", root / "pixel")
     spec = {
-        "pipelines": {name: str(root / name) for name in ("pixel", "latent", "bundled")},
+        "pipelines": {name: str(root / name) for name in ("pixel", "latent", "flow", "bundled")},
         "images": str(root / "inputs.npz"),
         "resave": "pixel",
         "encoder": str(root / "encoder"),
@@ -113,7 +116,7 @@ def test_the_remote_process_cannot_import_the_package(remote):
     assert "Expected types for encoder" not in remote["stderr"]
 
 
-@pytest.mark.parametrize("name", ["pixel", "latent", "bundled"])
+@pytest.mark.parametrize("name", ["pixel", "latent", "flow", "bundled"])
 def test_plain_diffusers_decodes_as_the_package(saved, remote, name):
     """`__call__` with the saved settings (realism < 1 for the pixel and bundled pipelines), at realism 1, from
     sampled codes; `encode`; `invert` and the decode of its latents: the same generators give the same arrays."""
@@ -186,7 +189,7 @@ def test_saved_folders_hold_what_the_package_writes_now(saved):
     root = saved["root"]
     files = ["encoder/modeling_scorevae_encoder.py", "pipeline_scorevae.py"]
     assert sorted(remote_code_files(root / "pixel")) == files
-    for name in ("pixel", "latent", "bundled", "encoder"):
+    for name in ("pixel", "latent", "flow", "bundled", "encoder"):
         assert check_remote_code(root / name) == [], name
     index = json.loads((root / "pixel" / "model_index.json").read_text())
     assert index["_class_name"] == ["pipeline_scorevae", "ScoreVAEPipeline"]
