@@ -13,8 +13,15 @@ from .bundled import BUILDABLE, BUNDLED, pretrained_path
 
 # Scheduler types the command, the app and the benchmarks can switch a pipeline to (`--scheduler NAME`): DDPM-family
 # ones for priors trained on a variance-preserving schedule, flow ones for flow-matching priors.
-SCHEDULERS = ("ddpm", "ddim", "flow_euler", "flow_heun")
-FLOW_SCHEDULER_NAMES = ("flow_euler", "flow_heun")
+SCHEDULERS = ("ddpm", "ddim", "flow_euler", "flow_heun", "flow_euler_ancestral")
+FLOW_SCHEDULER_NAMES = ("flow_euler", "flow_heun", "flow_euler_ancestral")
+_SCHEDULER_CLASSES = {
+    "ddpm": "DDPMScheduler",
+    "ddim": "DDIMScheduler",
+    "flow_euler": "FlowMatchEulerDiscreteScheduler",
+    "flow_heun": "FlowMatchHeunDiscreteScheduler",
+    "flow_euler_ancestral": "LTXEulerAncestralRFScheduler",
+}
 
 
 def default_device(name: str | torch.device | None = None) -> torch.device:
@@ -33,15 +40,14 @@ def scheduler_class(name: str):
     """The diffusers scheduler class of a short name in `SCHEDULERS`."""
     import diffusers
 
-    classes = {
-        "ddpm": diffusers.DDPMScheduler,
-        "ddim": diffusers.DDIMScheduler,
-        "flow_euler": diffusers.FlowMatchEulerDiscreteScheduler,
-        "flow_heun": diffusers.FlowMatchHeunDiscreteScheduler,
-    }
-    if name not in classes:
+    if name not in _SCHEDULER_CLASSES:
         raise ValueError(f"scheduler {name!r} is not supported here; choose one of {SCHEDULERS}.")
-    return classes[name]
+    if not hasattr(diffusers, _SCHEDULER_CLASSES[name]):
+        raise ValueError(
+            f"scheduler {name!r} needs diffusers' {_SCHEDULER_CLASSES[name]}, which diffusers {diffusers.__version__} "
+            "does not have; upgrade diffusers or choose another scheduler."
+        )
+    return getattr(diffusers, _SCHEDULER_CLASSES[name])
 
 
 def switch_scheduler(scheduler, name: str):

@@ -44,11 +44,17 @@ def alpha_sigma_from_log_snr(log_snr: torch.Tensor) -> tuple[torch.Tensor, torch
     return torch.sigmoid(log_snr).sqrt(), torch.sigmoid(-log_snr).sqrt()
 
 
+# flow-matching schedulers without `scale_noise` (an ancestral sampler for rectified flows)
+FLOW_SCHEDULERS_WITHOUT_SCALE_NOISE = ("LTXEulerAncestralRFScheduler",)
+
+
 def is_flow_scheduler(scheduler) -> bool:
     """Whether `scheduler` steps a flow-matching path x_σ = (1 − σ) x_0 + σ ε with a velocity (diffusers'
-    `FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler`, ...): it has `scale_noise` and no
-    `alphas_cumprod`."""
-    return getattr(scheduler, "alphas_cumprod", None) is None and hasattr(scheduler, "scale_noise")
+    `FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler`, `LTXEulerAncestralRFScheduler`, ...): it has
+    no `alphas_cumprod`, and has `scale_noise` or is one of `FLOW_SCHEDULERS_WITHOUT_SCALE_NOISE`."""
+    if getattr(scheduler, "alphas_cumprod", None) is not None:
+        return False
+    return hasattr(scheduler, "scale_noise") or type(scheduler).__name__ in FLOW_SCHEDULERS_WITHOUT_SCALE_NOISE
 
 
 def flow_sigma(scheduler, timestep) -> torch.Tensor:

@@ -20,6 +20,7 @@ from diffusers import (
     FlowMatchEulerDiscreteScheduler,
     FlowMatchHeunDiscreteScheduler,
     FlowMatchLCMScheduler,
+    LTXEulerAncestralRFScheduler,
     UniPCMultistepScheduler,
 )
 from diffusers.models.unets.unet_2d import UNet2DOutput
@@ -72,15 +73,17 @@ class FlowGaussianProblem(GaussianProblem):
         return pipe
 
     @torch.no_grad()
-    def posterior_loop(self, scheduler, latents, **set_timesteps_kwargs):
-        """`scheduler` run as a plain loop on the exact posterior's velocity v = (x_σ − E[x_0 | x_σ, z]) / σ."""
+    def posterior_loop(self, scheduler, latents, generator=None, **set_timesteps_kwargs):
+        """`scheduler` run as a plain loop on the exact posterior's velocity v = (x_σ − E[x_0 | x_σ, z]) / σ
+        (`generator` passed to the steps of a stochastic scheduler)."""
         scheduler.set_timesteps(**set_timesteps_kwargs)
         sample = latents
+        step_kwargs = {} if generator is None else {"generator": generator}
         for t in scheduler.timesteps:
             sigma = t.item() / scheduler.config.num_train_timesteps
             x = sample.double().flatten(1)
             velocity = (x - flow_posterior_mean(x, sigma, self.mean, self.cov)) / sigma
-            sample = scheduler.step(velocity.reshape(sample.shape).float(), t, sample).prev_sample
+            sample = scheduler.step(velocity.reshape(sample.shape).float(), t, sample, **step_kwargs).prev_sample
         return sample
 
 
@@ -172,6 +175,36 @@ def test_heun_decode_equals_posterior_flow(problem):
     pipe = problem.pipeline(FlowMatchHeunDiscreteScheduler())
     out = pipe(latent_codes=problem.codes(16), latents=latents, num_inference_steps=8, output_type="latent").images
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+def ancestral(shift: float = 1.0) -> LTXEulerAncestralRFScheduler:
+    return LTXEulerAncestralRFScheduler.from_config(FlowMatchEulerDiscreteScheduler(shift=shift).config)
+
+
+@pytest.mark.parametrize("shift", [1.0, 3.0])
+def test_ancestral_decode_equals_the_ancestral_posterior_sampler(problem, shift):
+    # the ancestral sampler of rectified flows, from σ = 1: the same noise draws give the same trajectory as the
+    # scheduler run on the exact posterior's velocity
+    latents = torch.randn(16, *SHAPE, generator=torch.Generator().manual_seed(1))
+    noise = torch.Generator().manual_seed(7)
+    expected = problem.posterior_loop(ancestral(shift), latents, noise, num_inference_steps=8)
+    pipe = problem.pipeline(ancestral(shift))
+    out = pipe(
+        latent_codes=problem.codes(16),
+        latents=latents,
+        num_inference_steps=8,
+        generator=torch.Generator().manual_seed(7),
+        output_type="latent",
+    ).images
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+def test_ancestral_decode_from_sigma_one_samples_the_posterior(problem):
+    pipe = problem.pipeline(ancestral())
+    generator = torch.Generator().manual_seed(0)
+    codes = problem.codes(2000)
+    samples = pipe(latent_codes=codes, num_inference_steps=200, generator=generator, output_type="latent")
+    problem.check_samples(samples.images, mean_se=4.0, variance_range=(0.9, 1.1), direction_range=(0.8, 1.2))
 
 
 def test_skipping_the_limit_at_sigma_one_is_measurably_wrong(problem):
@@ -282,6 +315,25 @@ def test_realism_starts_from_the_mean_decoder_with_scale_noise():
     torch.testing.assert_close(start[0], (1 - sigma) * encoder.decode(codes) + sigma * noise)
 
 
+def test_ancestral_realism_starts_on_the_flow_path():
+    # LTXEulerAncestralRFScheduler has no `scale_noise`: the start is the flow path itself, (1 − σ) x̂_0 + σ ε
+    torch.manual_seed(0)
+    beta_vae = BetaVAE(sample_size=8, in_channels=1, latent_dim=16, block_out_channels=(8, 16), norm_num_groups=4)
+    encoder = make_encoder(1).with_decoder(beta_vae)
+    pipe = flow_pipe(ancestral(3.0), encoder=encoder)
+    codes = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
+    noise = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    start = []
+    original = pipe.unet.forward
+    pipe.unet.forward = lambda sample, t, *a, **k: start.append(sample.clone()) or original(sample, t, *a, **k)
+    pipe(latent_codes=codes, realism=0.5, num_inference_steps=10, latents=noise, output_type="latent")
+    scheduler = ancestral(3.0)
+    scheduler.set_timesteps(10)
+    sigma = scheduler.sigmas[5]
+    assert len(start) == 5
+    torch.testing.assert_close(start[0], (1 - sigma) * encoder.decode(codes) + sigma * noise)
+
+
 def test_flow_pipeline_saves_and_loads(tmp_path):
     pipe = flow_pipe(FlowMatchEulerDiscreteScheduler(shift=2.0))
     codes = torch.randn(2, 16, generator=torch.Generator().manual_seed(1))
@@ -319,10 +371,11 @@ def test_bits_per_dim_is_refused_for_flow_priors():
         (lambda: FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True), "use_dynamic_shifting"),
         (lambda: FlowMatchEulerDiscreteScheduler(invert_sigmas=True), "invert_sigmas"),
         (lambda: FlowMatchLCMScheduler(), "FlowMatchLCMScheduler"),
+        (lambda: LTXEulerAncestralRFScheduler(s_noise=0.9), "s_noise"),
         (lambda: DPMSolverMultistepScheduler(use_flow_sigmas=True), "flow-sigma mode"),
         (lambda: UniPCMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction"), "flow-sigma mode"),
     ],
-    ids=["stochastic", "dynamic-shift", "invert-sigmas", "lcm", "dpm-flow-sigmas", "unipc-flow-prediction"],
+    ids=["stochastic", "dynamic-shift", "invert-sigmas", "lcm", "s-noise", "dpm-flow-sigmas", "unipc-flow-prediction"],
 )
 def test_priors_that_cannot_be_guided_exactly_are_refused(scheduler, match):
     with pytest.raises(ValueError, match=match):

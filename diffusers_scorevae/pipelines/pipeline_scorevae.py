@@ -801,7 +801,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
         if len(timesteps) == 0:
             return mean
         if is_flow_scheduler(scheduler):
-            return scheduler.scale_noise(mean, timesteps[:1].repeat(mean.shape[0]), noise)
+            if hasattr(scheduler, "scale_noise"):
+                return scheduler.scale_noise(mean, timesteps[:1].repeat(mean.shape[0]), noise)
+            sigma = flow_sigma(scheduler, timesteps[0]).item()  # the flow path itself, as `scale_noise` writes it
+            return (1 - sigma) * mean + sigma * noise
         return scheduler.add_noise(mean, noise, timesteps[:1].repeat(mean.shape[0]))
 
     @torch.no_grad()
@@ -1057,7 +1060,7 @@ SUPPORTED_PRIORS = (
     "the flow-matching velocity with FlowMatchEulerDiscreteScheduler / FlowMatchHeunDiscreteScheduler, in pixel "
     "space or over the latents of a VQModel / AutoencoderKL (`vae=`)"
 )
-FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler")
+FLOW_SCHEDULERS = ("FlowMatchEulerDiscreteScheduler", "FlowMatchHeunDiscreteScheduler", "LTXEulerAncestralRFScheduler")
 
 
 def init_noise_sigma(scheduler) -> float:
@@ -1068,8 +1071,8 @@ def init_noise_sigma(scheduler) -> float:
 def check_flow_scheduler(scheduler: SchedulerMixin):
     """Raise a `ValueError` for a flow-matching scheduler the pipeline cannot guide exactly (docs/math.md §10): a class
     other than `FLOW_SCHEDULERS`, resolution-dependent `use_dynamic_shifting` (the pipeline passes no `mu`),
-    `stochastic_sampling` (its step replaces x_σ by fresh noise around x̂_0: no longer the flow ODE the score shift
-    is derived for) and `invert_sigmas` (timesteps that are not σ · num_train_timesteps)."""
+    `stochastic_sampling` (its step replaces x_σ by fresh noise around the mean x̂_0, which samples no model's
+    distribution), `s_noise` other than 1 and `invert_sigmas` (timesteps that are not σ · num_train_timesteps)."""
     name = type(scheduler).__name__
     if name not in FLOW_SCHEDULERS:
         raise ValueError(
@@ -1080,13 +1083,19 @@ def check_flow_scheduler(scheduler: SchedulerMixin):
     refused = {
         "use_dynamic_shifting": "resolution-dependent shifting needs `mu`, which this pipeline does not take: set "
         "use_dynamic_shifting=False and a fixed `shift`",
-        "stochastic_sampling": "its step draws x at the next level as fresh noise around x̂_0, which is not the flow "
-        "ODE the encoder term is derived for: set stochastic_sampling=False",
+        "stochastic_sampling": "its step draws x at the next level as fresh noise around x̂_0, a mean and not a "
+        "sample, which does not sample the model's distribution even unguided (it suits models whose output is a "
+        "sample): set stochastic_sampling=False, or use LTXEulerAncestralRFScheduler for ancestral sampling",
         "invert_sigmas": "its timesteps are not σ · num_train_timesteps: set invert_sigmas=False",
     }
     for key, reason in refused.items():
         if config.get(key):
             raise ValueError(f"scheduler {name} has {key}=True, which ScoreVAEPipeline does not support: {reason}.")
+    if config.get("s_noise", 1.0) != 1.0:
+        raise ValueError(
+            f"scheduler {name} has s_noise={config.get('s_noise')!r}: noise scaled away from 1 no longer samples the "
+            "model's distribution, guided or not; ScoreVAEPipeline supports s_noise=1.0."
+        )
 
 
 def check_flow_timesteps(scheduler: SchedulerMixin):
