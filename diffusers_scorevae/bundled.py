@@ -14,6 +14,8 @@ BUNDLED = {
     "fashion-mnist-latent": "ScoreVAEPipeline on latents: AutoencoderKL (32x32 padded images -> 8x8x4 latents), a "
     "latent UNet2DModel prior and a ScoreVAE encoder on its latents",
     "fashion-mnist-prior-large": "a larger Fashion-MNIST prior (cosine schedule, v-prediction), DDPMPipeline layout",
+    "fashion-mnist-prior-flow": "a Fashion-MNIST flow-matching prior (rectified flow, the DDPM prior's UNet "
+    "architecture), sampled by Euler-ancestral steps at shift 3, DDPMPipeline layout",
     "fashion-mnist-beta-vae": "the beta-VAE baseline (same latent size and encoder architecture)",
     "fashion-mnist-classifier": "FashionMNISTClassifier used for class_kept and Frechet distances",
 }
@@ -33,8 +35,8 @@ def pretrained_path(name: str = "fashion-mnist") -> str:
         >>> from diffusers_scorevae import ScoreVAEPipeline, pretrained_path
         >>> pipe = ScoreVAEPipeline.from_pretrained(pretrained_path("fashion-mnist"))
 
-    Names: "fashion-mnist", "fashion-mnist-latent", "fashion-mnist-prior-large", "fashion-mnist-beta-vae",
-    "fashion-mnist-classifier".
+    Names: "fashion-mnist", "fashion-mnist-latent", "fashion-mnist-prior-large", "fashion-mnist-prior-flow",
+    "fashion-mnist-beta-vae", "fashion-mnist-classifier".
     """
     if name not in BUNDLED and name not in BUILDABLE:
         raise ValueError(f"pretrained name {name!r} is not bundled; choose one of {sorted(BUNDLED)}.")

@@ -49,6 +49,7 @@ fixed-point iterations x_i ← x_{i+1} − (σ_{i+1} − σ_i) v̂_cond(x_i, σ_
 
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
@@ -68,7 +69,10 @@ def inversion_scheduler(scheduler):
     if is_flow_scheduler(scheduler):
         if isinstance(scheduler, FlowMatchEulerDiscreteScheduler) and not scheduler.config.stochastic_sampling:
             return scheduler
-        return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, stochastic_sampling=False)
+        # the sigma options Euler knows (an ancestral scheduler's `eta`, `s_noise` have no meaning for the ODE)
+        known = inspect.signature(FlowMatchEulerDiscreteScheduler.__init__).parameters
+        config = {key: value for key, value in scheduler.config.items() if key in known}
+        return FlowMatchEulerDiscreteScheduler.from_config(config, stochastic_sampling=False)
     if isinstance(scheduler, DDIMScheduler) and not scheduler.config.clip_sample and not scheduler.config.thresholding:
         return scheduler
     return DDIMScheduler.from_config(scheduler.config, clip_sample=False, thresholding=False)

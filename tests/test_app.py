@@ -170,7 +170,10 @@ def test_interpolate_sample_and_swap_prior(models):
     assert torch.equal(app.sample(models, 3, STEPS, seed=1)[0], samples)
     assert not torch.equal(app.sample(models, 3, STEPS, seed=2)[0], samples)
 
-    assert app.bundled_priors(exclude="fashion-mnist") == ["fashion-mnist-prior-large"]
+    assert app.bundled_priors(exclude="fashion-mnist") == ["fashion-mnist-prior-large", "fashion-mnist-prior-flow"]
+    rows, note = app.swap_prior(models, "fashion-mnist-prior-flow", images[2], num_inference_steps=STEPS)
+    flow = rows["fashion-mnist-prior-flow"]
+    assert flow.shape == (1, 1, 28, 28) and torch.isfinite(flow).all()
     rows, note = app.swap_prior(models, "fashion-mnist-prior-large", images[2], num_inference_steps=STEPS)
     assert set(rows) == {"original", "fashion-mnist", "fashion-mnist-prior-large"} and "the code of the image" in note
     assert rows["fashion-mnist"].shape == rows["fashion-mnist-prior-large"].shape == (1, 1, 28, 28)
