@@ -180,7 +180,10 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
             A pretrained unconditional UNet (the prior). Frozen: the pipeline sets `requires_grad_(False)` on it.
         scheduler ([`SchedulerMixin`]):
             Any diffusers scheduler with a variance-preserving training schedule (`alphas_cumprod`): DDPM, DDIM, PNDM,
-            DPM-Solver (multistep/singlestep), UniPC, DEIS, Euler, Euler ancestral, Heun, KDPM2, LMS, ...
+            DPM-Solver (multistep/singlestep), UniPC, DEIS, Euler, Euler ancestral, Heun, KDPM2, LMS, ...; or, for a
+            flow-matching prior (a UNet that predicts the velocity, called with σ · num_train_timesteps),
+            `FlowMatchEulerDiscreteScheduler`, `FlowMatchHeunDiscreteScheduler` or the ancestral
+            `LTXEulerAncestralRFScheduler` (docs/math.md §10).
         encoder ([`ScoreVAEEncoder`]):
             The ScoreVAE encoder q_φ(z | x_t, λ), trained against a prior over the same data (not necessarily this
             one). With a `vae`, it works on the UNet's latents (its `sample_size` / `in_channels` are the UNet's).
@@ -1013,8 +1016,7 @@ class ScoreVAEPipeline(ScoreVAEPipelineHubMixin, DiffusionPipeline):
                 "bits_per_dim / prior_bits_per_dim compute the DDPM variational bound over the T discrete steps of a "
                 "variance-preserving training schedule (`alphas_cumprod`), but this pipeline's prior is a "
                 f"flow-matching model ({type(self.scheduler).__name__}): it has no such discrete-time bound, and none "
-                "is computed. "
-                "Use a DDPM-family prior for the bound."
+                "is computed. Use a DDPM-family prior for the bound."
             )
         if getattr(self, "vae", None) is not None:
             raise ValueError(
