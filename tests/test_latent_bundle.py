@@ -241,7 +241,7 @@ def test_shipped_latent_bundle_loads_reconstructs_and_is_not_offered_as_a_pixel_
                generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert out.images.shape == (4, 1, 32, 32) and torch.isfinite(out.images).all()
     # swapping priors: a latent prior models another space, so neither side is offered the other
-    assert app.bundled_priors(exclude="fashion-mnist") == ["fashion-mnist-prior-large"]
+    assert app.bundled_priors(exclude="fashion-mnist") == ["fashion-mnist-prior-large", "fashion-mnist-prior-flow"]
     assert app.bundled_priors(exclude="fashion-mnist-latent") == []
     assert app.available_pipelines() == ["fashion-mnist", "fashion-mnist-latent"]
     # the app, which offers it: a 28×28 image is framed with black (not enlarged); the rate is the KL on the latents
