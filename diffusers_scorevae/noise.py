@@ -287,11 +287,15 @@ def guide_epsilon(
     if score is None:
         raise ValueError("guide_epsilon needs the encoder's score at the guided steps; got score=None.")
     sigma = append_dims(torch.as_tensor(sigma, device=epsilon.device), epsilon.ndim).to(epsilon.dtype)
-    shift = guidance_scale * sigma * score.to(epsilon.dtype)
+    return subtract_where(epsilon, guidance_scale * sigma * score.to(epsilon.dtype), guided)
+
+
+def subtract_where(value: torch.Tensor, shift: torch.Tensor, guided: torch.Tensor) -> torch.Tensor:
+    """`value − shift` in the rows where `guided` (a bool `[B]` or scalar) holds, `value` elsewhere; differentiable."""
     if bool(guided.all()):
-        return epsilon - shift
-    mask = append_dims(guided.to(epsilon.device), epsilon.ndim)
-    return epsilon - torch.where(mask, shift, torch.zeros_like(shift))
+        return value - shift
+    mask = append_dims(guided.to(value.device), value.ndim)
+    return value - torch.where(mask, shift, torch.zeros_like(shift))
 
 
 def guided_model_output(
@@ -411,11 +415,7 @@ def guide_velocity(
         return velocity
     if term is None:
         raise ValueError("guide_velocity needs the encoder term at the guided steps; got term=None.")
-    shift = (guidance_scale * term).to(velocity.dtype)
-    if bool(guided.all()):
-        return velocity - shift
-    mask = append_dims(guided.to(velocity.device), velocity.ndim)
-    return velocity - torch.where(mask, shift, torch.zeros_like(shift))
+    return subtract_where(velocity, (guidance_scale * term).to(velocity.dtype), guided)
 
 
 def guided_velocity(
