@@ -15,7 +15,7 @@ from .bundled import BUILDABLE, BUNDLED, pretrained_path
 # ones for priors trained on a variance-preserving schedule, flow ones for flow-matching priors.
 SCHEDULERS = ("ddpm", "ddim", "flow_euler", "flow_heun", "flow_euler_ancestral")
 FLOW_SCHEDULER_NAMES = ("flow_euler", "flow_heun", "flow_euler_ancestral")
-_SCHEDULER_CLASSES = {
+SCHEDULER_CLASS_NAMES = {
     "ddpm": "DDPMScheduler",
     "ddim": "DDIMScheduler",
     "flow_euler": "FlowMatchEulerDiscreteScheduler",
@@ -40,14 +40,14 @@ def scheduler_class(name: str):
     """The diffusers scheduler class of a short name in `SCHEDULERS`."""
     import diffusers
 
-    if name not in _SCHEDULER_CLASSES:
+    if name not in SCHEDULER_CLASS_NAMES:
         raise ValueError(f"scheduler {name!r} is not supported here; choose one of {SCHEDULERS}.")
-    if not hasattr(diffusers, _SCHEDULER_CLASSES[name]):
+    if not hasattr(diffusers, SCHEDULER_CLASS_NAMES[name]):
         raise ValueError(
-            f"scheduler {name!r} needs diffusers' {_SCHEDULER_CLASSES[name]}, which diffusers {diffusers.__version__} "
-            "does not have; upgrade diffusers or choose another scheduler."
+            f"scheduler {name!r} needs diffusers' {SCHEDULER_CLASS_NAMES[name]}, which diffusers "
+            f"{diffusers.__version__} does not have; upgrade diffusers or choose another scheduler."
         )
-    return getattr(diffusers, _SCHEDULER_CLASSES[name])
+    return getattr(diffusers, SCHEDULER_CLASS_NAMES[name])
 
 
 def switch_scheduler(scheduler, name: str):

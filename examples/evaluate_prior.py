@@ -3,8 +3,8 @@
 
     python examples/evaluate_prior.py --pipeline runs/prior --classifier runs/classifier --output_dir runs/prior_eval
 
-`--pipeline` is a `DDPMPipeline` folder (or any folder with `unet/` and `scheduler/`; a flow-matching prior's scheduler
-is a `FlowMatchEulerDiscreteScheduler`, sampled with Euler or `--scheduler flow_heun`); `--classifier` a
+`--pipeline` is a `DDPMPipeline` folder (or any folder with `unet/` and `scheduler/`, a DDPM-family or a flow-matching
+prior, sampled with its saved scheduler unless `--scheduler` names another of its family); `--classifier` a
 `FashionMNISTClassifier` folder (`examples/train_classifier.py`). Writes `metrics.json` and an 8x8 `samples.png`.
 The Fréchet distance uses the classifier's penultimate features (FID's formula, not Inception features): compare it
 with `fd_train_vs_test`, the same distance between 10,000 training images and the test set.
@@ -27,7 +27,7 @@ from diffusers_scorevae.data import (
     load_fashion_mnist,
     load_fashion_mnist_from_hub,
 )
-from diffusers_scorevae.loading import FLOW_SCHEDULER_NAMES, SCHEDULERS, switch_scheduler
+from diffusers_scorevae.loading import SCHEDULER_CLASS_NAMES, SCHEDULERS, switch_scheduler
 from diffusers_scorevae.metrics import classifier_features, frechet_distance, sharpness
 from diffusers_scorevae.models.classifier import FashionMNISTClassifier
 from diffusers_scorevae.noise import is_flow_scheduler
@@ -64,8 +64,7 @@ def parse_args(input_args=None):
         type=str,
         default=None,
         choices=SCHEDULERS,
-        help="Sampler, built from the prior's scheduler config (default: ddpm for DDPM-family priors, flow_euler for "
-        "flow-matching ones).",
+        help="Sampler, built from the prior's scheduler config (default: the scheduler the prior was saved with).",
     )
     parser.add_argument("--eta", type=float, default=0.0, help="DDIM's η (0: deterministic).")
     parser.add_argument(
@@ -116,8 +115,12 @@ def main(args):
     with open(os.path.join(args.pipeline, "scheduler", "scheduler_config.json")) as f:
         scheduler_config = json.load(f)
     saved_scheduler = getattr(diffusers, scheduler_config["_class_name"]).from_config(scheduler_config)
-    args.scheduler = args.scheduler or ("flow_euler" if is_flow_scheduler(saved_scheduler) else "ddpm")
-    train_scheduler = switch_scheduler(saved_scheduler, args.scheduler)
+    if args.scheduler is None:  # the saved scheduler, named as `--scheduler` would name it
+        saved_names = {cls: name for name, cls in SCHEDULER_CLASS_NAMES.items()}
+        args.scheduler = saved_names.get(type(saved_scheduler).__name__, type(saved_scheduler).__name__)
+        train_scheduler = saved_scheduler
+    else:
+        train_scheduler = switch_scheduler(saved_scheduler, args.scheduler)
     if args.clip_sample is not None:
         if "clip_sample" not in train_scheduler.config:
             raise ValueError(f"--clip_sample: {type(train_scheduler).__name__} has no x̂_0 clipping.")
@@ -129,7 +132,7 @@ def main(args):
     else:
         # DDPMPipeline's loop (UNet at scheduler.timesteps, then scheduler.step) samples flow schedulers too
         pipeline = DDPMPipeline(unet=unet, scheduler=train_scheduler)
-        default_steps = 50 if args.scheduler in FLOW_SCHEDULER_NAMES else train_scheduler.config.num_train_timesteps
+        default_steps = 50 if is_flow_scheduler(train_scheduler) else train_scheduler.config.num_train_timesteps
         num_inference_steps = args.num_inference_steps or default_steps
         sample_kwargs = {}
     pipeline.set_progress_bar_config(disable=True)

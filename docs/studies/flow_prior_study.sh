@@ -29,11 +29,14 @@ python scripts/bundle_flow_prior.py --prior runs/prior-flow --shift 3 --schedule
     --output_dir runs/flow-study/shift3-anc
 python scripts/bundle_flow_prior.py --prior runs/prior-flow --shift 3 --scheduler euler_ancestral  # -> pretrained/
 
-# 3. prior samples: Fréchet distance of 1,000 samples (the bundle's Euler ancestral 50; the DDPM prior with DDPM 50,
-#    no clipping)
+# 3. prior samples: Fréchet distance of 1,000 samples (the flow prior with the Euler ODE and with its saved Euler
+#    ancestral sampler, 50 steps; the DDPM prior with DDPM 50, no clipping)
+python examples/evaluate_prior.py --pipeline diffusers_scorevae/pretrained/fashion-mnist-prior-flow \
+    --classifier "$CLASSIFIER" --num_samples 1000 --batch_size 250 --num_inference_steps 50 --scheduler flow_euler \
+    --output_dir runs/flow-study/samples-flow
 python examples/evaluate_prior.py --pipeline diffusers_scorevae/pretrained/fashion-mnist-prior-flow \
     --classifier "$CLASSIFIER" --num_samples 1000 --batch_size 250 --num_inference_steps 50 \
-    --output_dir runs/flow-study/samples-flow
+    --output_dir runs/flow-study/samples-flow-anc
 python examples/evaluate_prior.py --pipeline diffusers_scorevae/pretrained/fashion-mnist --classifier "$CLASSIFIER" \
     --num_samples 1000 --batch_size 250 --num_inference_steps 50 --no-clip_sample \
     --output_dir runs/flow-study/samples-ddpm
